@@ -1,0 +1,179 @@
+"""The architecture registry: one place that knows each architecture.
+
+An `ArchSpec` holds the builder, its default configuration, how to recognise the
+architecture from a state dict, the feature names its distillation losses use, and what
+inference must know (window multiple, half-precision safety). The CLI, the zoo, checkpoint
+loading, training and tests all go through `ARCHS` / `build_model`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..errors import ConfigError
+from .base import SRModel
+from .edsr_t import EDSRT
+from .squeezesr import SqueezeSR
+from .swinir import SwinIR
+
+SCALES = (2, 3, 4)
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    cls: Callable[..., SRModel]
+    defaults: Dict[str, Any]
+    detect: Callable[[StateDict], Optional[Tuple[Dict[str, Any], int]]]
+    description: str
+    feature_names: Callable[[Dict[str, Any]], Tuple[str, ...]]
+    # fp16 is unsafe where activations overflow 65504 (SwinIR's attention is known to).
+    supports_half: bool = True
+    window_multiple: Callable[[Dict[str, Any]], int] = field(default=lambda cfg: 1)
+
+    def config(self, **overrides: Any) -> Dict[str, Any]:
+        unknown = set(overrides) - set(self.defaults)
+        if unknown:
+            raise ConfigError(f"{self.name} has no option {sorted(unknown)}; options: {sorted(self.defaults)}")
+        return {**self.defaults, **overrides}
+
+    def build(self, scale: int, **overrides: Any) -> SRModel:
+        if scale not in SCALES:
+            raise ConfigError(f"scale {scale} is not supported: use one of {', '.join(map(str, SCALES))}")
+        return self.cls(scale=scale, **self.config(**overrides))
+
+
+def _count(sd: StateDict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})
+
+
+def _scale_from_channels(out_channels: int, per_pixel: int = 3) -> Optional[int]:
+    s = math.isqrt(out_channels // per_pixel)
+    return s if s * s * per_pixel == out_channels else None
+
+
+def _detect_swinir(sd: StateDict):
+    if "conv_first.weight" not in sd or "layers.0.residual_group.blocks.0.attn.qkv.weight" not in sd:
+        return None
+    if "upsample.0.weight" not in sd or "conv_before_upsample.0.weight" in sd:
+        return None  # classical/real-world SwinIR upsamplers are not the lightweight model
+    dim = sd["conv_first.weight"].shape[0]
+    table = sd["layers.0.residual_group.blocks.0.attn.relative_position_bias_table"]
+    ws = (math.isqrt(table.shape[0]) + 1) // 2
+    cfg = dict(
+        blocks=_count(sd, r"layers\.(\d+)\."),
+        embed_dim=dim,
+        depth=_count(sd, r"layers\.0\.residual_group\.blocks\.(\d+)\."),
+        num_heads=table.shape[1],
+        window_size=ws,
+        mlp_ratio=sd["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0] / dim,
+    )
+    scale = _scale_from_channels(sd["upsample.0.weight"].shape[0])
+    return (cfg, scale) if scale else None
+
+
+def _detect_edsr_t(sd: StateDict):
+    if "head.weight" not in sd or "body_conv.weight" not in sd or "body.0.body.0.body.0.weight" not in sd:
+        return None
+    nf = sd["head.weight"].shape[0]
+    cfg = dict(
+        n_feats=nf,
+        blocks=_count(sd, r"body\.(\d+)\."),
+        modules_per_block=_count(sd, r"body\.0\.body\.(\d+)\."),
+    )
+    first = sd["tail.0.weight"].shape[0]
+    if first == 9 * nf:
+        scale = 3
+    elif first == 4 * nf:
+        scale = 4 if "tail.2.weight" in sd and sd["tail.2.weight"].shape[0] == 4 * nf else 2
+    else:
+        return None
+    return cfg, scale
+
+
+def _detect_squeezesr(sd: StateDict):
+    if "head.weight" not in sd or "body.0.squeeze.weight" not in sd:
+        return None
+    cfg = dict(
+        n_feats=sd["head.weight"].shape[0],
+        blocks=_count(sd, r"body\.(\d+)\."),
+        squeeze=sd["body.0.squeeze.weight"].shape[0],
+        expand1x1=sd["body.0.expand1x1.weight"].shape[0],
+    )
+    scale = _scale_from_channels(sd["tail.0.weight"].shape[0])
+    return (cfg, scale) if scale else None
+
+
+ARCHS: Dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec(
+            name="edsr-t",
+            cls=EDSRT,
+            defaults=dict(n_feats=64, blocks=3, modules_per_block=9, res_scale=0.1),
+            detect=_detect_edsr_t,
+            description="EDSR-T teacher (paper 1): 3 residual blocks x 9 residual modules",
+            feature_names=lambda cfg: tuple(f"T{i + 1}" for i in range(cfg["blocks"])),
+        ),
+        ArchSpec(
+            name="squeezesr",
+            cls=SqueezeSR,
+            defaults=dict(n_feats=64, blocks=3, squeeze=16, expand1x1=32),
+            detect=_detect_squeezesr,
+            description="SqueezeSR student (paper 1): 3 fire-style squeeze blocks",
+            feature_names=lambda cfg: tuple(f"S{i + 1}" for i in range(cfg["blocks"])),
+        ),
+        ArchSpec(
+            name="swinir",
+            cls=SwinIR,
+            defaults=dict(blocks=4, embed_dim=60, depth=6, num_heads=6, window_size=8, mlp_ratio=2.0, img_range=1.0),
+            detect=_detect_swinir,
+            description="SwinIR-light (paper 2): 4 RSTBs as teacher, 1-3 RSTBs as students",
+            feature_names=lambda cfg: ("F1",),
+            supports_half=False,
+            window_multiple=lambda cfg: int(cfg["window_size"]),
+        ),
+    )
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    key = name.lower().replace("_", "-")
+    if key in ARCHS:
+        return ARCHS[key]
+    if key in ("edsrt", "edsr"):
+        return ARCHS["edsr-t"]
+    raise ConfigError(f"unknown architecture {name!r}: choose one of {', '.join(ARCHS)}")
+
+
+def list_archs() -> List[str]:
+    return list(ARCHS)
+
+
+def build_model(name: str, scale: int, **config: Any) -> SRModel:
+    """`build_model("swinir", scale=2, blocks=3)` -> an untrained model."""
+    return get_arch(name).build(scale, **config)
+
+
+def detect_arch(sd: StateDict) -> Optional[Tuple[ArchSpec, Dict[str, Any], int]]:
+    """Recognise a canonical state dict: (spec, full config, scale), or None."""
+    for spec in ARCHS.values():
+        found = spec.detect(sd)
+        if found:
+            cfg, scale = found
+            return spec, spec.config(**cfg), scale
+    return None
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ARCHS", "ArchSpec", "SRModel", "SCALES", "build_model", "count_params", "detect_arch", "get_arch", "list_archs"]

@@ -1,0 +1,49 @@
+"""What every srkd architecture shares: one call signature for output and named features."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+from torch import nn
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as EDSR and SwinIR subtract it
+
+
+class SRModel(nn.Module):
+    """An RGB [0,1] image (N,3,h,w) -> (N,3,s*h,s*w).
+
+    Subclasses implement `_forward(x, names)` returning the output and the requested
+    intermediate features, so losses never reach into a model's internals.
+    """
+
+    scale: int
+    feature_names: Tuple[str, ...] = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, ())[0]
+
+    def forward_with_features(
+        self, x: torch.Tensor, names: Sequence[str]
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        unknown = [n for n in names if n not in self.feature_names]
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no feature {unknown}; it has {list(self.feature_names)}")
+        return self._forward(x, tuple(names))
+
+    def _forward(self, x: torch.Tensor, names: Tuple[str, ...]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+def pixel_shuffle_upsampler(n_feats: int, scale: int, out_channels: int) -> nn.Sequential:
+    """EDSR's upsampler: conv + PixelShuffle, x4 as two x2 stages, ending at `out_channels` features."""
+    layers: list = []
+    if scale in (2, 4):
+        for _ in range({2: 1, 4: 2}[scale]):
+            layers += [nn.Conv2d(n_feats, 4 * n_feats, 3, padding=1), nn.PixelShuffle(2)]
+    elif scale == 3:
+        layers += [nn.Conv2d(n_feats, 9 * n_feats, 3, padding=1), nn.PixelShuffle(3)]
+    else:
+        raise ValueError(f"scale {scale} is not supported (2, 3 or 4)")
+    layers.append(nn.Conv2d(n_feats, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)

@@ -1,0 +1,75 @@
+"""The `srkd` command line: a thin shell over the Python API.
+
+Each subcommand lives in its own module and registers itself on `app`. `main` turns
+errors a user can cause (SrkdError) into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from ..errors import SrkdError
+from .console import err_console
+
+app = typer.Typer(
+    name="srkd",
+    help="Super-resolution with knowledge-distilled models: upscale, evaluate, train, distill.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Registration order is the order `srkd --help` lists them in.
+from . import upscale as _upscale  # noqa: E402,F401
+from . import evaluate as _evaluate  # noqa: E402,F401
+from . import train as _train  # noqa: E402,F401
+from . import models as _models  # noqa: E402,F401
+from . import bench as _bench  # noqa: E402,F401
+from . import export as _export  # noqa: E402,F401
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI; return the exit code (used by the console script and by tests)."""
+    debug = bool(os.environ.get("SRKD_DEBUG"))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        args.remove("--debug")
+        debug = True
+    try:
+        rv = app(args=args, prog_name="srkd", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except SrkdError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        return e.exit_code
+    except Exception as e:  # a bug, not a user error: still one line, traceback on request
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())
