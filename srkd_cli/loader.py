@@ -1,0 +1,42 @@
+"""From what a user names (a zoo model, a weights file, nothing) to a ready model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .checkpoint import LoadedModel, load_checkpoint
+from .errors import ConfigError
+
+DEFAULT_FAMILY = "squeezesr"
+
+
+def default_model_name(scale: int) -> str:
+    """The bundled model `srkd upscale` uses when none is named."""
+    return f"{DEFAULT_FAMILY}-x{scale}"
+
+
+def load_model(
+    model: Optional[str] = None,
+    weights: Optional[Union[str, Path]] = None,
+    scale: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> LoadedModel:
+    """A zoo name (`swinir4`, `squeezesr-x2`) or a weights file -> LoadedModel, checked against `scale`."""
+    from .zoo import get_zoo
+
+    if model and weights:
+        raise ConfigError("give --model or --weights, not both")
+    if weights is not None:
+        return load_checkpoint(weights, scale=scale, device=device)
+    zoo = get_zoo()
+    name = model or default_model_name(scale or 2)
+    if Path(name).expanduser().is_file():
+        return load_checkpoint(Path(name).expanduser(), scale=scale, device=device)
+    entry = zoo.get(name, scale=scale)
+    path = zoo.resolve(entry.name)
+    lm = load_checkpoint(path, scale=entry.scale, device=device)
+    lm.metadata.setdefault("zoo_name", entry.name)
+    return lm
