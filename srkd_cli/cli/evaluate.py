@@ -1,12 +1,71 @@
-"""`srkd eval`."""
+"""`srkd eval`: PSNR/SSIM of models (and bicubic, and other tools' outputs) on benchmark folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
 
 import typer
+from rich.table import Table
 
+from ..errors import ConfigError
+from ..evaluate import EvalRecord, bicubic_upscaler, evaluate, load_pairs
+from ..inference import Upscaler, pick_device
+from ..loader import load_model
 from . import app
-from .notbuilt import not_built
+from .console import console
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_(ctx: typer.Context) -> None:
-    """Evaluate models on benchmark folders (not built yet)."""
-    not_built("eval", "evaluation protocol")
+def records_table(records: List[EvalRecord], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("dataset", "model", "PSNR-Y", "SSIM-Y", "PSNR-RGB", "SSIM-RGB", "images", "seconds"):
+        table.add_column(col, justify="left" if col in ("dataset", "model") else "right")
+    for r in records:
+        table.add_row(r.dataset, r.model, f"{r.psnr_y:.2f}", f"{r.ssim_y:.4f}", f"{r.psnr_rgb:.2f}", f"{r.ssim_rgb:.4f}", str(r.n_images), f"{r.seconds:.2f}")
+    return table
+
+
+@app.command("eval")
+def eval_(
+    data: List[Path] = typer.Option(..., "--data", "-d", help="Benchmark folder(s): HR/ and optionally LR_bicubic/X{s}/."),
+    scale: int = typer.Option(..., "--scale", "-s", help="2, 3 or 4."),
+    model: List[str] = typer.Option([], "--model", "-m", help="Zoo model(s); 'bicubic' is the baseline. Repeatable."),
+    weights: List[Path] = typer.Option([], "--weights", "-w", help="Weights file(s). Repeatable."),
+    sr: List[Path] = typer.Option([], "--sr", help="Folder(s) of images another tool produced, named like the HR files."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the records as JSON to this file."),
+    per_image: bool = typer.Option(False, help="Include per-image scores in the JSON."),
+    save_images: Optional[Path] = typer.Option(None, help="Save outputs as DIR/{dataset}/{model}/{stem}.png."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+) -> int:
+    """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
+    if scale not in (2, 3, 4):
+        raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
+    if not (model or weights or sr):
+        raise ConfigError("name something to evaluate: --model NAME (or bicubic), --weights PATH or --sr DIR")
+    dev = pick_device(device)
+    candidates = []  # (label, upscale fn or None, sr_dir)
+    for name in model:
+        if name.lower() == "bicubic":
+            candidates.append(("bicubic", bicubic_upscaler(scale), None))
+        else:
+            lm = load_model(name, None, scale, dev)
+            candidates.append((lm.metadata.get("zoo_name", name), Upscaler(lm.model, lm.spec, lm.config, dev, tile="auto"), None))
+    for w in weights:
+        lm = load_model(None, w, scale, dev)
+        candidates.append((w.stem, Upscaler(lm.model, lm.spec, lm.config, dev, tile="auto"), None))
+    for d in sr:
+        if not d.is_dir():
+            raise ConfigError(f"--sr {d}: no such folder")
+        candidates.append((f"sr:{d.name}", None, d))
+    records = []
+    for folder in data:
+        pairs = load_pairs(folder, scale)
+        for label, fn, sr_dir in candidates:
+            save = save_images / folder.name / label.replace(":", "_") if save_images else None
+            records.append(evaluate(fn, label, folder, scale, pairs=pairs, sr_dir=sr_dir, save_dir=save))
+    console.print(records_table(records, f"x{scale}, PSNR (dB) and SSIM, border crop {scale}"))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.to_dict(per_image) for r in records], indent=2) + "\n")
+    return 0

@@ -1,0 +1,681 @@
+"""Image files <-> tensors: reading, atomic writing, and finding the images a user named.
+
+Inside srkd an image is a float32 tensor (1, C, H, W) in [0, 1]: C = 3 for colour, 1 for
+grayscale; alpha travels beside it as (1, 1, H, W). This module is the only place that knows
+about files: bit depth, palettes, CMYK, EXIF orientation, ICC profiles and EXIF bytes are
+handled here so the rest of the code sees RGB (or gray) tensors only.
+
+Readers: PNG, JPEG, WebP, BMP, TIFF at 8 bits, PNG and TIFF also at 16 bits. Pillow truncates
+16-bit colour PNG/TIFF to 8 bits, so 16-bit files are decoded with OpenCV and their metadata
+is still taken from Pillow's header parse.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import struct
+import tempfile
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from srkd_cli.errors import InputError, OutputError
+
+# Pillow's own refusal threshold (2 x its MAX_IMAGE_PIXELS default of 89,478,485), about
+# 179 megapixels, e.g. 16384 x 10922. Decoded to a float32 RGB tensor that is ~2.1 GB, and the
+# upscaled output is s^2 times more, so larger inputs are refused unless asked for.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+_SUFFIX_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+    ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+}
+# Pillow's names for the formats we accept; MPO is what Pillow calls a camera JPEG that
+# carries a second (preview) frame.
+_READ_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP",
+                 "BMP": "BMP", "DIB": "BMP", "TIFF": "TIFF"}
+_WRITE_FORMATS = frozenset(_SUFFIX_FORMATS.values())
+_SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
+_NO_ALPHA_FORMATS = frozenset({"JPEG", "BMP"})
+
+_EXIF_PREFIX = b"Exif\x00\x00"
+_ORIENTATION = 0x0112
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+# TIFF keeps EXIF-like tags among its structural ones; these are the descriptive ones worth
+# carrying into another file.
+_TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, _ORIENTATION, 0x0131, 0x0132, 0x013B, 0x8298,
+                   _EXIF_IFD, _GPS_IFD)
+
+# Image.MAX_IMAGE_PIXELS is global; this lock keeps our temporary change to it from
+# interleaving between threads of srkd.
+_PIL_LIMIT_LOCK = threading.Lock()
+# Errors decoders raise on damaged data.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+                  IndexError, cv2.error, PILImage.DecompressionBombError)
+
+
+@dataclass
+class Image:
+    """A decoded image and what is needed to write its upscaled version faithfully."""
+
+    rgb: torch.Tensor               # (1, C, H, W) float32 in [0, 1]; C = 3 colour, 1 grayscale
+    alpha: Optional[torch.Tensor]   # (1, 1, H, W) float32 in [0, 1], or None
+    bit_depth: int                  # 8 or 16
+    mode: str                       # the file's mode as Pillow names it; 16-bit colour: 'RGB;16'
+    icc_profile: Optional[bytes]
+    exif: Optional[bytes]           # 'Exif\0\0' + TIFF data, orientation already reset to 1
+    format: str                     # 'PNG', 'JPEG', 'WEBP', 'BMP' or 'TIFF'
+    path: Path
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) after EXIF orientation."""
+        return int(self.rgb.shape[-1]), int(self.rgb.shape[-2])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Decode an image file; any problem with the file raises InputError('<path>: <cause>').
+
+    The pixel count claimed by the header is checked against `max_pixels` before any pixel
+    is decoded. EXIF orientation is applied to the pixels and reset to 1 in the carried EXIF.
+    Palette images become RGB(A), CMYK becomes RGB (through its ICC profile when it has one),
+    gray stays one channel.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image file")
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+        with _open_header(path) as im:
+            fmt = _READ_FORMATS.get(im.format or "")
+            if fmt is None:
+                raise InputError(f"{path}: {im.format or 'unknown'} images are not supported "
+                                 "(srkd reads PNG, JPEG, WebP, BMP and TIFF)")
+            width, height = im.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"{path}: claimed size {width}x{height} ({width * height / 1e6:.0f} MP) "
+                    f"exceeds the limit of {max_pixels / 1e6:.0f} MP; refusing to decode "
+                    "(possible decompression bomb)")
+            layout = _sixteen_bit_layout(path, im, fmt)
+            if layout is not None:
+                return _read_with_cv2(path, im, fmt, *layout)
+            return _read_with_pil(path, im, fmt)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to decode this image") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image srkd can read "
+                         "(PNG, JPEG, WebP, BMP or TIFF expected)") from None
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{path}: corrupt or truncated image ({_one_line(e)})") from None
+
+
+def _open_header(path: Path) -> PILImage.Image:
+    """Image.open with Pillow's own bomb check off: read_image checks against its own limit
+    with a message naming the file. Image.open parses only the header; nothing is decoded."""
+    with _PIL_LIMIT_LOCK:
+        saved = PILImage.MAX_IMAGE_PIXELS
+        PILImage.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                return PILImage.open(path)
+        finally:
+            PILImage.MAX_IMAGE_PIXELS = saved
+
+
+def _sixteen_bit_layout(path: Path, im: PILImage.Image, fmt: str) -> Optional[tuple[bool, bool]]:
+    """(gray, has_alpha) for a file of 16-bit samples, None for 8 bits. Taken from the file's
+    header: Pillow reports 16-bit gray+alpha PNG as RGBA and truncates 16-bit colour."""
+    if fmt == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)
+        if len(head) < 26 or head[12:16] != b"IHDR" or head[24] != 16:
+            return None
+        colour_type = head[25]
+        return colour_type in (0, 4), colour_type in (4, 6)
+    if fmt == "TIFF":
+        bits = im.tag_v2.get(258, 8)  # BitsPerSample
+        bits = max(bits) if isinstance(bits, tuple) else int(bits)
+        sample_format = im.tag_v2.get(339, 1)
+        sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+        if bits > 16 or sample_format == 3:
+            raise InputError(f"{path}: {bits}-bit {'float' if sample_format == 3 else 'integer'}"
+                             " TIFF samples are not supported (8- or 16-bit expected)")
+        if bits != 16:
+            return None
+        samples = int(im.tag_v2.get(277, 1))  # SamplesPerPixel
+        photometric = im.tag_v2.get(262, 1)
+        if photometric not in (1, 2):  # BlackIsZero gray or RGB: what OpenCV decodes faithfully
+            raise InputError(f"{path}: 16-bit TIFF with photometric interpretation {photometric} "
+                             "is not supported (16-bit gray or RGB expected)")
+        gray = photometric == 1
+        return gray, samples == (2 if gray else 4)
+    return None
+
+
+def _read_with_pil(path: Path, im: PILImage.Image, fmt: str) -> Image:
+    mode = im.mode
+    if fmt == "TIFF":
+        exif, orientation = _exif_of(im, fmt)
+        im.load()
+        if _ORIENTATION not in im.tag_v2:  # recent Pillow orients TIFFs itself while loading
+            orientation = 1
+    else:
+        im.load()  # first: a PNG may keep its EXIF after the pixels
+        exif, orientation = _exif_of(im, fmt)
+    icc = im.info.get("icc_profile") or None
+    if mode == "CMYK":
+        im, icc = _cmyk_to_rgb(im, icc)
+    else:
+        im = im.convert(_working_mode(im))
+    arr = np.asarray(im)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.dtype != np.uint8:
+        raise InputError(f"{path}: {mode} images are not supported (8- or 16-bit expected)")
+    return _make_image(path, arr, 8, mode, icc, exif, orientation, fmt)
+
+
+def _working_mode(im: PILImage.Image) -> str:
+    """The mode (L, LA, RGB or RGBA) an 8-bit Pillow image is converted to."""
+    mode, has_trns = im.mode, im.info.get("transparency") is not None
+    if mode in ("1", "L"):
+        return "LA" if has_trns else "L"
+    if mode in ("LA", "La"):
+        return "LA"
+    if mode in ("RGB", "P"):
+        return "RGBA" if has_trns else "RGB"
+    if mode in ("RGBA", "RGBa", "PA"):
+        return "RGBA"
+    if mode.startswith("I") or mode == "F":
+        return mode  # left as is: _read_with_pil rejects samples that are not 8-bit
+    return "RGB"  # RGBX, YCbCr, LAB, HSV
+
+
+def _cmyk_to_rgb(im: PILImage.Image,
+                 icc: Optional[bytes]) -> tuple[PILImage.Image, Optional[bytes]]:
+    """CMYK -> RGB through the embedded profile into sRGB; Pillow's naive formula otherwise.
+
+    Pillow already undoes the inversion of Adobe CMYK JPEGs when it decodes them. The CMYK
+    profile cannot describe RGB data, so the result carries sRGB's profile or none.
+    """
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            srgb = ImageCms.createProfile("sRGB")
+            rgb = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb,
+                                            outputMode="RGB")
+            if rgb is not None:
+                return rgb, ImageCms.ImageCmsProfile(srgb).tobytes()
+        except (ImportError, OSError, ValueError, TypeError):
+            pass  # an unusable profile: fall back to the formula below
+    return im.convert("RGB"), None
+
+
+def _read_with_cv2(path: Path, im: PILImage.Image, fmt: str, gray: bool, has_alpha: bool) -> Image:
+    """16-bit PNG/TIFF: OpenCV decodes the samples, Pillow's header parse gives metadata."""
+    icc = im.info.get("icc_profile") or None
+    exif, orientation = _exif_of(im, fmt)
+    mode = {(True, False): "I;16", (True, True): "LA;16", (False, False): "RGB;16",
+            (False, True): "RGBA;16"}[gray, has_alpha]
+    # imdecode on bytes read here: cv2.imread cannot open non-ASCII paths on Windows.
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if fmt == "TIFF" and orientation != 1:
+        # OpenCV's TIFF decoder applies the orientation tag whatever the flags say (PNG's
+        # does not); hide the tag from it so that the one transposition is done below.
+        _tiff_orientation_to_1(data.data)
+    arr = _quiet_cv2(lambda: cv2.imdecode(data, cv2.IMREAD_UNCHANGED))
+    if arr is None:
+        raise InputError(f"{path}: corrupt or truncated image (OpenCV could not decode it)")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: {arr.dtype} samples are not supported (8- or 16-bit expected)")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    channels = arr.shape[2]
+    if channels == 3:
+        arr = arr[:, :, ::-1]
+    elif channels == 4:
+        arr = arr[:, :, [2, 1, 0, 3]]
+    if gray and arr.shape[2] >= 3:  # OpenCV expands gray+alpha to BGRA
+        arr = arr[:, :, [0, 3]] if arr.shape[2] == 4 else arr[:, :, :1]
+    if not has_alpha and arr.shape[2] in (2, 4):
+        arr = arr[:, :, :-1]
+    bits = 16 if arr.dtype == np.uint16 else 8
+    return _make_image(path, arr, bits, mode, icc, exif, orientation, fmt)
+
+
+def _quiet_cv2(fn):
+    """Run fn with OpenCV's log silenced: libpng/libtiff complaints about a damaged file would
+    otherwise reach the terminal beside srkd's own one-line error."""
+    try:
+        logging = cv2.utils.logging
+        saved = logging.getLogLevel()
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    except AttributeError:
+        return fn()
+    try:
+        return fn()
+    finally:
+        logging.setLogLevel(saved)
+
+
+def _make_image(path: Path, arr: np.ndarray, bits: int, mode: str, icc: Optional[bytes],
+                exif: Optional[bytes], orientation: int, fmt: str) -> Image:
+    """Orient an (H, W, C) uint array, scale to [0, 1] and split colour from alpha."""
+    arr = _orient(arr, orientation)
+    x = torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32))  # a writable copy
+    x = x.mul_(1.0 / (65535.0 if bits == 16 else 255.0)).unsqueeze(0)
+    colour = 1 if x.shape[1] in (1, 2) else 3
+    alpha = x[:, colour:colour + 1].contiguous() if x.shape[1] in (2, 4) else None
+    return Image(rgb=x[:, :colour].contiguous(), alpha=alpha, bit_depth=bits, mode=mode,
+                 icc_profile=icc, exif=exif, format=fmt, path=path)
+
+
+# EXIF orientation -> the transposition that displays the stored pixels upright.
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return arr[::-1].swapaxes(0, 1)
+    if orientation == 7:
+        return arr[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return arr[:, ::-1].swapaxes(0, 1)
+    return arr
+
+
+def _exif_of(im: PILImage.Image, fmt: str) -> tuple[Optional[bytes], int]:
+    """(EXIF bytes to carry with orientation reset to 1, the orientation to apply)."""
+    try:
+        if fmt == "TIFF":
+            return _exif_from_tiff(im)
+        raw = im.info.get("exif")
+        if isinstance(raw, str):
+            raw = raw.encode("latin-1")
+        if not raw:
+            return None, 1
+        if not raw.startswith(_EXIF_PREFIX):
+            raw = _EXIF_PREFIX + raw
+        exif = PILImage.Exif()
+        exif.load(raw)
+        orientation = int(exif.get(_ORIENTATION, 1) or 1)
+        if orientation == 1:
+            return raw, 1
+        return _reset_orientation(raw), orientation if 1 <= orientation <= 8 else 1
+    except (OSError, ValueError, SyntaxError, struct.error, KeyError, TypeError):
+        return None, 1  # unreadable EXIF is dropped rather than failing the image
+
+
+def _exif_from_tiff(im: PILImage.Image) -> tuple[Optional[bytes], int]:
+    """TIFF mixes EXIF-like tags with its structure; carry only the descriptive ones."""
+    tags = im.getexif()
+    orientation = int(tags.get(_ORIENTATION, 1) or 1)
+    out = PILImage.Exif()
+    for tag in _TIFF_EXIF_TAGS:
+        if tag not in tags:
+            continue
+        out[tag] = tags.get_ifd(tag) if tag in (_EXIF_IFD, _GPS_IFD) else tags[tag]
+    if _ORIENTATION in out:
+        out[_ORIENTATION] = 1
+    if not len(out):
+        return None, orientation
+    raw = out.tobytes()
+    return (raw if raw.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + raw), orientation
+
+
+def _reset_orientation(raw: bytes) -> bytes:
+    """EXIF with orientation 1, every other byte left as it was (re-serialising would move
+    offsets that maker notes depend on); Pillow re-serialises only when patching fails."""
+    data = bytearray(raw)
+    if _tiff_orientation_to_1(data, len(_EXIF_PREFIX)):
+        return bytes(data)
+    exif = PILImage.Exif()
+    exif.load(raw)
+    exif[_ORIENTATION] = 1
+    out = exif.tobytes()
+    return out if out.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + out
+
+
+def _tiff_orientation_to_1(data: Union[bytearray, memoryview], start: int = 0) -> bool:
+    """Set the orientation entry of the first IFD of the TIFF structure at data[start:] to 1,
+    in place. False when there is none (or the structure is not classic TIFF)."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[start:start + 2]))
+    if order is None or len(data) < start + 8:
+        return False
+    magic, ifd = struct.unpack_from(order + "HI", data, start + 2)
+    ifd += start
+    if magic != 42 or ifd + 2 > len(data):
+        return False
+    (count,) = struct.unpack_from(order + "H", data, ifd)
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > len(data):
+            return False
+        tag, kind = struct.unpack_from(order + "HH", data, entry)
+        if tag == _ORIENTATION and kind == 3:  # SHORT: the value sits in the entry
+            struct.pack_into(order + "H", data, entry + 8, 1)
+            return True
+    return False
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[torch.Tensor] = None,
+                bit_depth: int = 8, icc_profile: Optional[bytes] = None,
+                exif: Optional[bytes] = None, format: Optional[str] = None, quality: int = 95,
+                overwrite: bool = False) -> Path:
+    """Write (1, C, H, W) [0, 1] pixels (C = 1 or 3) plus optional alpha; return the path.
+
+    The format comes from `format` or the suffix. 16 bits are kept for PNG and TIFF, other
+    formats get 8. JPEG and BMP hold no alpha: the image is composited over white. ICC and
+    EXIF are carried where the format can hold them (not BMP, nor 16-bit colour TIFF).
+    JPEG at quality >= 90 keeps full-resolution chroma; WebP at quality 100 is lossless.
+    The file appears atomically (temporary file beside it, then rename); missing parent
+    folders are created; an existing file is refused unless `overwrite`.
+    """
+    path = Path(path)
+    fmt = _output_format(path, format)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth}")
+    if img_rgb.dim() != 4 or img_rgb.shape[0] != 1 or img_rgb.shape[1] not in (1, 3):
+        raise ValueError(f"expected a (1, 1|3, H, W) tensor, got {tuple(img_rgb.shape)}")
+    if alpha is not None and tuple(alpha.shape) != (1, 1, *img_rgb.shape[2:]):
+        raise ValueError(f"alpha {tuple(alpha.shape)} does not match image {tuple(img_rgb.shape)}")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
+
+    x = img_rgb.detach().to("cpu", torch.float32)[0]
+    a = alpha.detach().to("cpu", torch.float32)[0] if alpha is not None else None
+    if a is not None and fmt in _NO_ALPHA_FORMATS:
+        a = a.nan_to_num(1.0).clamp(0, 1)
+        x = x.nan_to_num(0.0).clamp(0, 1) * a + (1 - a)
+        a = None
+    if a is not None:
+        x = torch.cat([x, a], 0)
+    bits = 16 if bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS else 8
+    arr = _quantise(x, bits)
+    channels = img_rgb.shape[1]
+    icc = icc_profile if icc_profile and _icc_fits(icc_profile, channels) else None
+    exif = _normalise_exif(exif)
+    data = _encode(arr, bits, fmt, icc, exif, quality)
+    _write_atomically(path, data, overwrite)
+    return path
+
+
+def _output_format(path: Path, format: Optional[str]) -> str:
+    if format is None:
+        fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise OutputError(f"{path}: cannot tell the format from the suffix "
+                              f"(use one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+        return fmt
+    fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(format.upper(), format.upper())
+    if fmt not in _WRITE_FORMATS:
+        raise OutputError(f"{path}: cannot write format {format!r} "
+                          "(PNG, JPEG, WEBP, BMP or TIFF)")
+    return fmt
+
+
+def _quantise(x: torch.Tensor, bits: int) -> np.ndarray:
+    """(C, H, W) float -> (H, W, C) uint8/uint16, rounding to nearest."""
+    top = 65535.0 if bits == 16 else 255.0
+    q = x.nan_to_num(0.0).clamp_(0, 1).mul_(top).round_()
+    arr = q.numpy().astype(np.uint16 if bits == 16 else np.uint8)
+    return np.ascontiguousarray(arr.transpose(1, 2, 0))
+
+
+def _icc_fits(icc: bytes, channels: int) -> bool:
+    """A gray profile cannot describe RGB pixels nor the reverse; such a pair is dropped."""
+    space = icc[16:20] if len(icc) >= 20 else b""
+    if space == b"GRAY":
+        return channels == 1
+    if space == b"RGB ":
+        return channels == 3
+    return True
+
+
+def _normalise_exif(exif: Optional[bytes]) -> Optional[bytes]:
+    """EXIF as Pillow writes it: 'Exif\\0\\0' + TIFF data; anything unrecognisable is dropped."""
+    if not exif:
+        return None
+    body = exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif
+    return _EXIF_PREFIX + body if body[:4] in (b"II*\x00", b"MM\x00*") else None
+
+
+def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
+            exif: Optional[bytes], quality: int) -> bytes:
+    channels = arr.shape[2]
+    if bits == 16:
+        if fmt == "PNG":
+            return _encode_png16(arr, icc, exif)
+        if channels == 1:  # Pillow writes 16-bit gray TIFF, with metadata
+            return _pil_bytes(PILImage.fromarray(arr[:, :, 0]), fmt, icc, exif, quality)
+        if channels == 2:  # no 16-bit gray+alpha TIFF writer at hand: RGBA keeps the bits
+            arr = arr[:, :, [0, 0, 0, 1]]
+        ok, buf = cv2.imencode(".tiff", _to_bgr(arr))  # colour: OpenCV, without metadata
+        if not ok:
+            raise OutputError("OpenCV could not encode the 16-bit TIFF")
+        return buf.tobytes()
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    im = PILImage.fromarray(arr[:, :, 0] if channels == 1 else arr, mode)
+    return _pil_bytes(im, fmt, icc, exif, quality)
+
+
+def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optional[bytes],
+               quality: int) -> bytes:
+    options: dict = {}
+    if fmt != "BMP":
+        if icc:
+            options["icc_profile"] = icc
+        if exif:
+            options["exif"] = exif
+    if fmt == "JPEG":
+        options.update(quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "WEBP":
+        options.update(quality=quality, lossless=quality >= 100)
+    elif fmt == "TIFF":
+        options["compression"] = "tiff_adobe_deflate"
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def _to_bgr(arr: np.ndarray) -> np.ndarray:
+    if arr.shape[2] == 3:
+        return np.ascontiguousarray(arr[:, :, ::-1])
+    if arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[:, :, [2, 1, 0, 3]])
+    return arr
+
+
+def _encode_png16(arr: np.ndarray, icc: Optional[bytes], exif: Optional[bytes]) -> bytes:
+    """16-bit PNG with metadata: Pillow cannot hold 16-bit colour and OpenCV writes no
+    metadata, so OpenCV encodes the pixels and the iCCP/eXIf chunks are added here.
+    OpenCV has no gray+alpha PNG, which is therefore encoded here in full."""
+    chunks = []
+    if icc:
+        chunks.append((b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if exif:
+        chunks.append((b"eXIf", exif[len(_EXIF_PREFIX):]))
+    if arr.shape[2] == 2:
+        png = _png_gray_alpha16(arr)
+    else:
+        ok, buf = cv2.imencode(".png", _to_bgr(arr))
+        if not ok:
+            raise OutputError("OpenCV could not encode the 16-bit PNG")
+        png = buf.tobytes()
+    return _png_insert_chunks(png, chunks) if chunks else png
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_insert_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """Insert chunks before the first IDAT, replacing colour/EXIF chunks they supersede."""
+    if not png.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG stream")
+    superseded = {kind for kind, _ in chunks}
+    if b"iCCP" in superseded:
+        superseded.add(b"sRGB")  # a PNG may not have both
+    out, pos, inserted = [_PNG_SIGNATURE], len(_PNG_SIGNATURE), False
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack_from(">I4s", png, pos)
+        end = pos + 12 + length
+        if kind == b"IDAT" and not inserted:
+            out.extend(_png_chunk(k, d) for k, d in chunks)
+            inserted = True
+        if kind not in superseded:
+            out.append(png[pos:end])
+        pos = end
+    return b"".join(out)
+
+
+def _png_gray_alpha16(arr: np.ndarray) -> bytes:
+    height, width = arr.shape[:2]
+    raw = arr.astype(">u2").view(np.uint8).reshape(height, width * 4)
+    # The Up filter (type 2): each byte minus the one above, which compresses photos well.
+    rows = raw.copy()
+    rows[1:] -= raw[:-1]
+    filtered = np.concatenate([np.full((height, 1), 2, np.uint8), rows], axis=1)
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 0)
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+
+
+def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write data to a temporary file beside `path`, then rename it into place, so that a
+    reader never sees half a file and a failure leaves nothing behind."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create the output folder ({_reason(e)})") from None
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write into this folder ({_reason(e)})") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        if not overwrite and path.exists():
+            raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputError(f"{path}: cannot write ({_reason(e)})") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or _one_line(e)
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> list[Path]:
+    """The image files named by `inputs`: files, folders (their images, and with `recursive`
+    those of subfolders) and glob patterns ('**' descends when `recursive`). Sorted, without
+    duplicates; hidden files are skipped inside folders. An input that matches no image
+    raises InputError."""
+    found: dict[Path, Path] = {}
+
+    def add(p: Path) -> None:
+        found.setdefault(p.resolve(), p)
+
+    for item in inputs:
+        text = str(item)
+        p = Path(item)
+        if p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"{p}: not an image file "
+                                 f"(expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+            add(p)
+        elif p.is_dir():
+            images = _images_in(p, recursive)
+            if not images:
+                raise InputError(f"{p}: no images in this folder"
+                                 + ("" if recursive else " (use --recursive for subfolders)"))
+            for image in images:
+                add(image)
+        elif any(c in text for c in "*?["):
+            matched = 0
+            for name in sorted(glob.glob(text, recursive=recursive)):
+                m = Path(name)
+                images = ([m] if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES
+                          else _images_in(m, recursive) if m.is_dir() else [])
+                for image in images:
+                    add(image)
+                matched += len(images)
+            if not matched:
+                raise InputError(f"{text}: the pattern matches no images")
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return sorted(found.values(), key=lambda q: (str(q.parent), q.name))
+
+
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        e for e in entries
+        if e.suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith(".") and e.is_file()
+        and not any(part.startswith(".") for part in e.relative_to(folder).parts[:-1])
+    )
