@@ -59,7 +59,7 @@ def _read_uint8(path: Path) -> np.ndarray:
             im.load()
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB" if "A" not in im.mode or im.mode == "RGBA" else "L")
-            arr = np.asarray(im)
+            arr = np.array(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return arr
