@@ -134,7 +134,7 @@ def _find_sr(sr_dir: Path, stem: str, scale: int) -> Path:
     raise InputError(f"{sr_dir}: no image named like HR {stem} (e.g. {stem}.png)")
 
 
-def evaluate(
+def evaluate_folder(
     upscale: Optional[UpscaleFn],
     model_name: str,
     folder: Path,

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..evaluate import EvalRecord, bicubic_upscaler, evaluate, load_pairs
+from ..evaluate import EvalRecord, bicubic_upscaler, evaluate_folder, load_pairs
 from ..inference import Upscaler, pick_device
 from ..loader import load_model
 from . import app
@@ -63,7 +63,7 @@ def eval_(
         pairs = load_pairs(folder, scale)
         for label, fn, sr_dir in candidates:
             save = save_images / folder.name / label.replace(":", "_") if save_images else None
-            records.append(evaluate(fn, label, folder, scale, pairs=pairs, sr_dir=sr_dir, save_dir=save))
+            records.append(evaluate_folder(fn, label, folder, scale, pairs=pairs, sr_dir=sr_dir, save_dir=save))
     console.print(records_table(records, f"x{scale}, PSNR (dB) and SSIM, border crop {scale}"))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

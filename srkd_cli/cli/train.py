@@ -1,18 +1,136 @@
-"""`srkd train` and `srkd distill`."""
+"""`srkd train` and `srkd distill`: parse the options into a TrainConfig and call `training.train`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import typer
 
+from ..errors import ConfigError
 from . import app
-from .notbuilt import not_built
+from .console import console, err_console
+
+# Options both commands share, in one place so `train` and `distill` cannot drift apart.
+DATA = typer.Option(..., "--data", help="Folder of HR training images (PNG/JPEG/WebP/BMP, searched recursively); repeatable.")
+VAL = typer.Option(None, "--val", help="Validation folder (HR/ + LR_bicubic/X{s}/, or plain HR images); repeatable.")
+OUT = typer.Option(..., "--out", help="Run folder: state.pt, log.jsonl, best.safetensors, final.safetensors.")
+SCALE = typer.Option(..., "--scale", help="Upscaling factor: 2, 3 or 4.")
+STEPS = typer.Option(100_000, "--steps", help="Optimiser steps.")
+BATCH = typer.Option(16, "--batch", help="Global batch size (split across torchrun processes).")
+PATCH = typer.Option(None, "--patch", help="LR patch side [default: 48 for convnets, 64 for SwinIR].")
+LR = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-3 squeezesr, 2e-4 edsr-t and swinir].")
+WARMUP = typer.Option(None, "--warmup", help="Linear warm-up steps [default: min(1000, steps/20)].")
+SCHEDULE = typer.Option("cosine", "--schedule", help="cosine (to 0) or multistep (halve at 50/80/90/95%).")
+EMA = typer.Option(0.999, "--ema", help="EMA decay of the weights used for validation and export (0: off).")
+CLIP = typer.Option(1.0, "--clip", help="Gradient-norm clipping (0: off).")
+SEED = typer.Option(0, "--seed", help="Seed of the initial weights and of the patch stream.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+RESUME = typer.Option(False, "--resume", help="Continue the run in --out from its state.pt (starts fresh if there is none).")
+CKPT_EVERY = typer.Option(1000, "--ckpt-every", help="Save the training state every N steps (0: only at the end).")
+VAL_EVERY = typer.Option(1000, "--val-every", help="Validate every N steps (0: only at the end).")
+LOG_EVERY = typer.Option(50, "--log-every", help="Read the loss back from the device and log it every N steps.")
+STOP_AFTER = typer.Option(None, "--stop-after", help="Checkpoint and stop after N steps of this invocation.")
+TIME_LIMIT = typer.Option(None, "--time-limit", help="Checkpoint and stop after this many seconds.")
+COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
+FP32 = typer.Option(False, "--fp32", help="Train in float32 on CUDA (default: bf16 autocast).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
+SET = typer.Option(None, "--set", help="Architecture option KEY=VALUE (e.g. embed_dim=48); repeatable.")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(ctx: typer.Context) -> None:
-    """Train an architecture from scratch with L1 (not built yet)."""
-    not_built("train", "training engine")
+def _parse_sets(items: Optional[List[str]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        value: Any = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        out[key.strip().replace("-", "_")] = value
+    return out
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def distill(ctx: typer.Context) -> None:
-    """Distil a student from a frozen teacher (not built yet)."""
-    not_built("distill", "training engine")
+def _run(cfg_kwargs: Dict[str, Any]) -> int:
+    from ..training import TrainConfig, train
+
+    cfg = TrainConfig(command=shlex.join(["srkd", *sys.argv[1:]]), **cfg_kwargs)
+    result = train(cfg)
+    if not result.completed:
+        err_console.print(f"stopped at step {result.step}: resume with the same command and --resume", highlight=False)
+        return 130 if result.stop_reason in ("interrupted", "terminated") else 0
+    if result.final is not None and not cfg.quiet:
+        best = f", best val PSNR-Y {result.best_psnr:.3f} dB ({result.best})" if result.best_psnr is not None else ""
+        console.print(f"{result.final} after {result.step} steps, last loss {result.last_loss:.5f}{best}", highlight=False)
+    return 0
+
+
+def _common(**kw: Any) -> Dict[str, Any]:
+    return dict(
+        scale=kw["scale"], data=[Path(d) for d in kw["data"]], val=[Path(v) for v in kw["val"] or []],
+        out=Path(kw["out"]), steps=kw["steps"], batch=kw["batch"], patch=kw["patch"], lr=kw["lr"],
+        warmup=kw["warmup"], schedule=kw["schedule"], ema=kw["ema"], clip=kw["clip"], seed=kw["seed"],
+        device=kw["device"], resume=kw["resume"], ckpt_every=kw["ckpt_every"], val_every=kw["val_every"],
+        log_every=kw["log_every"], stop_after=kw["stop_after"], time_limit=kw["time_limit"],
+        compile=kw["compile"], amp=not kw["fp32"], quiet=kw["quiet"],
+    )
+
+
+@app.command()
+def train(
+    arch: str = typer.Option(..., "--arch", help="edsr-t, squeezesr or swinir."),
+    blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual/squeeze blocks or RSTBs [default: the architecture's]."),
+    set_: Optional[List[str]] = SET,
+    scale: int = SCALE, data: List[str] = DATA, val: Optional[List[str]] = VAL, out: str = OUT,
+    steps: int = STEPS, batch: int = BATCH, patch: Optional[int] = PATCH, lr: Optional[float] = LR,
+    warmup: Optional[int] = WARMUP, schedule: str = SCHEDULE, ema: float = EMA, clip: float = CLIP,
+    seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
+    val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
+    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32, quiet: bool = QUIET,
+) -> int:
+    """Train an architecture from scratch with L1 on HR patches (LR made with MATLAB bicubic)."""
+    from ..archs import get_arch
+
+    overrides = _parse_sets(set_)
+    if blocks is not None:
+        overrides["blocks"] = blocks
+    kw = locals()
+    get_arch(arch).config(**overrides)  # unknown arch / option -> one line before any loading
+    return _run(dict(arch=arch, arch_config=overrides, **_common(**kw)))
+
+
+@app.command()
+def distill(
+    teacher: str = typer.Option(..., "--teacher", help="Teacher: zoo name (swinir4, swinir4-x2) or weights file."),
+    student: str = typer.Option(..., "--student", help="squeezesr (from edsr-t, paper 1) or swinir (from swinir, paper 2)."),
+    student_blocks: Optional[int] = typer.Option(None, "--student-blocks", help="Student blocks [default: swinir teacher's - 1; squeezesr: the teacher's]."),
+    alpha: float = typer.Option(0.75, "--alpha", help="Paper 2: weight of L1(S,HR); 1-alpha goes to L1(S,T)+MSE(F1)."),
+    feat_loss: str = typer.Option("l1", "--feat-loss", help="Paper 1: feature distance, l1 or mse."),
+    feat_weight: float = typer.Option(1.0, "--feat-weight", help="Paper 1: weight beta of the feature loss."),
+    init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="SwinIR: start from the teacher's head, first k RSTBs and tail."),
+    set_: Optional[List[str]] = SET,
+    scale: int = SCALE, data: List[str] = DATA, val: Optional[List[str]] = VAL, out: str = OUT,
+    steps: int = STEPS, batch: int = BATCH, patch: Optional[int] = PATCH, lr: Optional[float] = LR,
+    warmup: Optional[int] = WARMUP, schedule: str = SCHEDULE, ema: float = EMA, clip: float = CLIP,
+    seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
+    val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
+    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32, quiet: bool = QUIET,
+) -> int:
+    """Distil a student from a frozen teacher (paper 1 or paper 2 recipe, chosen by the pair)."""
+    from ..archs import get_arch
+
+    overrides = _parse_sets(set_)
+    if student_blocks is not None:
+        overrides["blocks"] = student_blocks
+    kw = locals()
+    get_arch(student).config(**overrides)
+    return _run(dict(
+        arch=student, arch_config=overrides, teacher=teacher, init_from_teacher=init_from_teacher,
+        alpha=alpha, feat_loss=feat_loss, feat_weight=feat_weight, **_common(**kw),
+    ))
