@@ -11,7 +11,7 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from .console import console, err_console
+from .console import console
 
 # Options both commands share, in one place so `train` and `distill` cannot drift apart.
 DATA = typer.Option(..., "--data", help="Folder of HR training images (PNG/JPEG/WebP/BMP, searched recursively); repeatable.")
@@ -20,9 +20,9 @@ OUT = typer.Option(..., "--out", help="Run folder: state.pt, log.jsonl, best.saf
 SCALE = typer.Option(..., "--scale", help="Upscaling factor: 2, 3 or 4.")
 STEPS = typer.Option(100_000, "--steps", help="Optimiser steps.")
 BATCH = typer.Option(16, "--batch", help="Global batch size (split across torchrun processes).")
-PATCH = typer.Option(None, "--patch", help="LR patch side [default: 48 for convnets, 64 for SwinIR].")
-LR = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-3 squeezesr, 2e-4 edsr-t and swinir].")
-WARMUP = typer.Option(None, "--warmup", help="Linear warm-up steps [default: min(1000, steps/20)].")
+PATCH = typer.Option(None, "--patch", help="LR patch side (default: 48 for convnets, 64 for SwinIR).")
+LR = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3 squeezesr, 2e-4 edsr-t and swinir).")
+WARMUP = typer.Option(None, "--warmup", help="Linear warm-up steps (default: min(1000, steps/20)).")
 SCHEDULE = typer.Option("cosine", "--schedule", help="cosine (to 0) or multistep (halve at 50/80/90/95%).")
 EMA = typer.Option(0.999, "--ema", help="EMA decay of the weights used for validation and export (0: off).")
 CLIP = typer.Option(1.0, "--clip", help="Gradient-norm clipping (0: off).")
@@ -36,6 +36,7 @@ STOP_AFTER = typer.Option(None, "--stop-after", help="Checkpoint and stop after 
 TIME_LIMIT = typer.Option(None, "--time-limit", help="Checkpoint and stop after this many seconds.")
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
 FP32 = typer.Option(False, "--fp32", help="Train in float32 on CUDA (default: bf16 autocast).")
+THREADS = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine) (default: torch's).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 SET = typer.Option(None, "--set", help="Architecture option KEY=VALUE (e.g. embed_dim=48); repeatable.")
 
@@ -62,12 +63,11 @@ def _run(cfg_kwargs: Dict[str, Any]) -> int:
 
     cfg = TrainConfig(command=shlex.join(["srkd", *sys.argv[1:]]), **cfg_kwargs)
     result = train(cfg)
-    if not result.completed:
-        err_console.print(f"stopped at step {result.step}: resume with the same command and --resume", highlight=False)
+    if not result.completed:  # the trainer has said where it stopped
         return 130 if result.stop_reason in ("interrupted", "terminated") else 0
     if result.final is not None and not cfg.quiet:
         best = f", best val PSNR-Y {result.best_psnr:.3f} dB ({result.best})" if result.best_psnr is not None else ""
-        console.print(f"{result.final} after {result.step} steps, last loss {result.last_loss:.5f}{best}", highlight=False)
+        console.print(f"{result.final} after {result.step} steps, last loss {result.last_loss:.5f}{best}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -78,21 +78,22 @@ def _common(**kw: Any) -> Dict[str, Any]:
         warmup=kw["warmup"], schedule=kw["schedule"], ema=kw["ema"], clip=kw["clip"], seed=kw["seed"],
         device=kw["device"], resume=kw["resume"], ckpt_every=kw["ckpt_every"], val_every=kw["val_every"],
         log_every=kw["log_every"], stop_after=kw["stop_after"], time_limit=kw["time_limit"],
-        compile=kw["compile"], amp=not kw["fp32"], quiet=kw["quiet"],
+        compile=kw["compile"], amp=not kw["fp32"], threads=kw["threads"], quiet=kw["quiet"],
     )
 
 
 @app.command()
 def train(
     arch: str = typer.Option(..., "--arch", help="edsr-t, squeezesr or swinir."),
-    blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual/squeeze blocks or RSTBs [default: the architecture's]."),
+    blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual/squeeze blocks or RSTBs (default: the architecture's)."),
     set_: Optional[List[str]] = SET,
     scale: int = SCALE, data: List[str] = DATA, val: Optional[List[str]] = VAL, out: str = OUT,
     steps: int = STEPS, batch: int = BATCH, patch: Optional[int] = PATCH, lr: Optional[float] = LR,
     warmup: Optional[int] = WARMUP, schedule: str = SCHEDULE, ema: float = EMA, clip: float = CLIP,
     seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
     val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
-    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32, quiet: bool = QUIET,
+    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32,
+    threads: Optional[int] = THREADS, quiet: bool = QUIET,
 ) -> int:
     """Train an architecture from scratch with L1 on HR patches (LR made with MATLAB bicubic)."""
     from ..archs import get_arch
@@ -109,10 +110,10 @@ def train(
 def distill(
     teacher: str = typer.Option(..., "--teacher", help="Teacher: zoo name (swinir4, swinir4-x2) or weights file."),
     student: str = typer.Option(..., "--student", help="squeezesr (from edsr-t, paper 1) or swinir (from swinir, paper 2)."),
-    student_blocks: Optional[int] = typer.Option(None, "--student-blocks", help="Student blocks [default: swinir teacher's - 1; squeezesr: the teacher's]."),
+    student_blocks: Optional[int] = typer.Option(None, "--student-blocks", help="Student blocks (default: swinir teacher's - 1; squeezesr: the teacher's)."),
     alpha: float = typer.Option(0.75, "--alpha", help="Paper 2: weight of L1(S,HR); 1-alpha goes to L1(S,T)+MSE(F1)."),
     feat_loss: str = typer.Option("l1", "--feat-loss", help="Paper 1: feature distance, l1 or mse."),
-    feat_weight: float = typer.Option(1.0, "--feat-weight", help="Paper 1: weight beta of the feature loss."),
+    feat_weight: float = typer.Option(0.1, "--feat-weight", help="Paper 1: weight beta of the feature loss."),
     init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="SwinIR: start from the teacher's head, first k RSTBs and tail."),
     set_: Optional[List[str]] = SET,
     scale: int = SCALE, data: List[str] = DATA, val: Optional[List[str]] = VAL, out: str = OUT,
@@ -120,7 +121,8 @@ def distill(
     warmup: Optional[int] = WARMUP, schedule: str = SCHEDULE, ema: float = EMA, clip: float = CLIP,
     seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
     val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
-    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32, quiet: bool = QUIET,
+    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32,
+    threads: Optional[int] = THREADS, quiet: bool = QUIET,
 ) -> int:
     """Distil a student from a frozen teacher (paper 1 or paper 2 recipe, chosen by the pair)."""
     from ..archs import get_arch

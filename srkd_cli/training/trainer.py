@@ -1,0 +1,729 @@
+"""The training loop shared by `srkd train` and `srkd distill`.
+
+`train(TrainConfig) -> RunResult` runs a whole job: Adam with a warm-up + cosine (or multistep)
+schedule, gradient clipping, bf16 autocast on CUDA, EMA weights (validated and exported),
+validation as PSNR-Y, atomic checkpoints of the full training state, a JSONL log, and
+DistributedDataParallel under torchrun.
+
+A run directory holds:
+    state.pt            full training state (model, EMA, optimiser, step, RNG and data-stream states)
+    log.jsonl           one JSON object per log interval ("train") or validation ("val")
+    best.safetensors    EMA weights at the best validation PSNR-Y
+    final.safetensors   EMA weights at the end, with provenance metadata
+
+On the GPU nothing in the step waits for the device: losses are summed on the device and read
+every `log_every` steps, where a NaN/inf also stops the run (before any checkpoint could store it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+import warnings
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import __version__
+from ..archs import SCALES, SRModel, count_params, get_arch
+from ..checkpoint import save_checkpoint
+from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
+from ..errors import ConfigError, SrkdError
+from ..metrics import psnr, to_uint8
+from .data import PatchSampler, ValImage, check_disjoint, data_fingerprint, load_hr_store, load_val_set
+from .recipes import Recipe, WithFeatures, check_pair, init_from_teacher, make_distill_recipe
+
+STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
+BEST_FILE = "best.safetensors"
+FINAL_FILE = "final.safetensors"
+SCHEDULES = ("cosine", "multistep")
+MULTISTEP_MILESTONES = (0.5, 0.8, 0.9, 0.95)  # fractions of the run; SwinIR's 250k/400k/450k/475k of 500k
+ADAM_BETAS = (0.9, 0.99)
+
+# Per-architecture defaults: LR patch size and learning rate.
+ARCH_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "squeezesr": {"patch": 48, "lr": 1e-3},
+    "edsr-t": {"patch": 48, "lr": 2e-4},
+    "swinir": {"patch": 64, "lr": 2e-4},  # paper 2 and SwinIR
+}
+
+
+class TrainingDiverged(SrkdError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; `None` means "the architecture's default"."""
+
+    arch: str
+    scale: int
+    data: List[Path]
+    out: Path
+    val: List[Path] = field(default_factory=list)
+    arch_config: Dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {"blocks": 2}
+    steps: int = 100_000
+    batch: int = 16  # global: split across DDP ranks
+    patch: Optional[int] = None  # LR patch side
+    lr: Optional[float] = None
+    warmup: Optional[int] = None
+    schedule: str = "cosine"
+    ema: float = 0.999  # 0 disables EMA
+    clip: float = 1.0  # 0 disables clipping
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    ckpt_every: int = 1000
+    val_every: int = 1000  # 0: validate only at the end
+    log_every: int = 50
+    stop_after: Optional[int] = None  # checkpoint and stop after this many steps of this invocation
+    time_limit: Optional[float] = None  # seconds; checkpoint and stop when reached
+    compile: bool = False
+    amp: bool = True  # bf16 autocast on CUDA
+    threads: Optional[int] = None  # CPU intra-op threads (torch.set_num_threads); None leaves torch's default
+    quiet: bool = False
+    # distillation
+    teacher: Optional[str] = None  # zoo name or weights file
+    init_from_teacher: bool = False
+    alpha: float = 0.75
+    feat_loss: str = "l1"
+    feat_weight: float = 0.1
+    command: Optional[str] = None  # recorded in provenance
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    completed: bool  # False when stopped early (signal, --stop-after, time limit)
+    final: Optional[Path]
+    best: Optional[Path]
+    best_psnr: Optional[float]
+    last_loss: Optional[float]
+    model: SRModel  # the exported weights (EMA, or raw when EMA is off)
+    teacher: Optional[SRModel] = None
+    stop_reason: Optional[str] = None
+
+
+def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> float:
+    """Learning rate for 0-based `step`: linear warm-up to `base`, then cosine to 0 or halvings."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "cosine":
+        t = (step - warmup) / max(1, total - warmup)
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    halvings = sum(step >= int(f * total) for f in MULTISTEP_MILESTONES)
+    return base * 0.5**halvings
+
+
+def resolve_device(name: str, env: DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return rank_device(env, device)
+
+
+class EMA:
+    """Exponential moving average of the weights; the decay ramps up so early validation is meaningful."""
+
+    def __init__(self, model: SRModel, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: SRModel, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        ema_p = [p for p in self.model.parameters()]
+        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
+
+
+class _Stopper:
+    """SIGINT/SIGTERM set a flag the loop reads; the old handlers come back afterwards."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._old: Dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stopper":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the checkpoint
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a torn last line (a crash mid-write) counts as after everything."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.scale not in SCALES:
+        raise ConfigError(f"--scale {cfg.scale}: use one of {', '.join(map(str, SCALES))}")
+    positive = {"--steps": cfg.steps, "--batch": cfg.batch, "--log-every": cfg.log_every}
+    for name, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{name} {v}: must be at least 1")
+    if cfg.patch is not None and cfg.patch < 4:
+        raise ConfigError(f"--patch {cfg.patch}: must be at least 4 (LR pixels)")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ConfigError(f"--lr {cfg.lr}: must be positive")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {cfg.schedule}: use one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ConfigError(f"--ema {cfg.ema}: must lie in [0, 1) (0 turns EMA off)")
+    for name, v in {"--clip": cfg.clip, "--ckpt-every": cfg.ckpt_every, "--val-every": cfg.val_every}.items():
+        if v < 0:
+            raise ConfigError(f"{name} {v}: must be >= 0 (0 turns it off)")
+    if cfg.warmup is not None and cfg.warmup < 0:
+        raise ConfigError(f"--warmup {cfg.warmup}: must be >= 0")
+    if not cfg.data:
+        raise ConfigError("--data: give at least one folder of training images")
+    if cfg.init_from_teacher and not cfg.teacher:
+        raise ConfigError("--init-from-teacher needs --teacher")
+
+
+class Trainer:
+    """One run. Construction does all the checking and loading; `run()` trains."""
+
+    def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None):
+        _check_config(cfg)
+        self.cfg = cfg
+        self.env = env or dist_env()
+        if cfg.batch % self.env.world_size:
+            raise ConfigError(f"--batch {cfg.batch}: must be a multiple of the {self.env.world_size} processes")
+        if cfg.threads is not None:
+            if cfg.threads < 1:
+                raise ConfigError(f"--threads {cfg.threads}: must be at least 1")
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device, self.env)
+        self.is_main = self.env.is_main
+        self.out = Path(cfg.out)
+        self.spec = get_arch(cfg.arch)
+        defaults = ARCH_DEFAULTS[self.spec.name]
+        self.patch = cfg.patch or defaults["patch"]
+        self.base_lr = cfg.lr or defaults["lr"]
+        self.warmup = cfg.warmup if cfg.warmup is not None else min(1000, cfg.steps // 20)
+        self._check_run_dir()
+        self.fingerprint = data_fingerprint(cfg.data)  # also: every --data folder exists and holds images
+        for v in cfg.val:
+            if not Path(v).is_dir():
+                raise ConfigError(f"--val {v}: no such folder")
+
+        self.teacher_name: Optional[str] = None
+        teacher = self._load_teacher() if cfg.teacher else None
+        self.model_config = self._student_config(teacher)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model: SRModel = self.spec.build(cfg.scale, **self.model_config).to(self.device)
+        if teacher is not None:
+            if cfg.init_from_teacher:
+                if self.spec.name != "swinir" or teacher.spec.name != "swinir":
+                    raise ConfigError("--init-from-teacher: only SwinIR students of a SwinIR teacher share weights")
+                init_from_teacher(self.model, teacher.model)
+            self.recipe: Recipe = make_distill_recipe(
+                self.spec.name, self.model, teacher.spec.name, teacher.model, cfg.alpha, cfg.feat_loss, cfg.feat_weight
+            )
+        else:
+            self.recipe = Recipe()
+
+        # Convnets run faster channels-last with cuDNN and oneDNN alike; SwinIR is mostly matmuls.
+        self.channels_last = self.spec.name != "swinir"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            if self.recipe.teacher is not None and teacher is not None and teacher.spec.name != "swinir":
+                self.recipe.teacher.to(memory_format=torch.channels_last)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # patches have one fixed size
+
+        hr_side = self.patch * cfg.scale
+        self.store = load_hr_store(cfg.data, min_size=hr_side, device=self.device)
+        self.rank_batch = cfg.batch // self.env.world_size
+        self.sampler = PatchSampler(self.store, cfg.scale, self.patch, self.rank_batch, self._stream_seed(self.env.rank))
+        self.val_sets: Dict[str, List[ValImage]] = {}
+        if self.is_main:
+            for v in cfg.val:
+                self.val_sets[Path(v).name] = load_val_set(v, cfg.scale)
+        self.warnings: List[str] = []
+        if self.store.skipped:
+            self.warnings.append(
+                f"skipped {len(self.store.skipped)} training images smaller than {hr_side}x{hr_side} "
+                f"(e.g. {self.store.skipped[0].name})"
+            )
+        overlap = check_disjoint(self.store.files, cfg.val)
+        if overlap:
+            self.warnings.append(overlap)
+
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr, betas=ADAM_BETAS, fused=fused or None)
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
+
+        net: torch.nn.Module = WithFeatures(self.model, self.recipe.student_features)
+        if self.env.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            with warnings.catch_warnings():
+                # Newer torch renames broadcast_buffers; the models' only buffers are constants.
+                warnings.simplefilter("ignore", FutureWarning)
+                net = DDP(net, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+        if cfg.compile:
+            net = torch.compile(net)
+        self.net = net
+
+        self.step = 0
+        self.best_psnr: Optional[float] = None
+        self.last_val: Optional[float] = None
+        self.last_loss: Optional[float] = None
+        self._acc: Optional[torch.Tensor] = None
+        self._acc_steps = 0
+        self._part_names: List[str] = []
+        self._last_ckpt_step: Optional[int] = None
+        self._resumed = False
+        if cfg.resume and (self.out / STATE_FILE).is_file():
+            self._load_state()
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _stream_seed(self, rank: int) -> int:
+        return (self.cfg.seed * 1_000_003 + rank * 7919 + 1) % (2**63)
+
+    def _check_run_dir(self) -> None:
+        state = self.out / STATE_FILE
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a folder")
+        if state.is_file() and not self.cfg.resume:
+            raise ConfigError(f"--out {self.out}: already holds a run ({STATE_FILE}); pass --resume or choose another --out")
+
+    def _load_teacher(self):
+        from ..loader import load_model
+
+        name = str(self.cfg.teacher)
+        if not Path(name).expanduser().is_file():
+            # A zoo entry names its architecture: refuse a pair no recipe covers before downloading.
+            from ..zoo import get_zoo
+
+            try:
+                arch = get_zoo().get(name, scale=self.cfg.scale).arch
+            except SrkdError:
+                arch = None
+            if arch is not None:
+                check_pair(self.spec.name, get_arch(arch).name)
+        try:
+            teacher = load_model(model=name, scale=self.cfg.scale, device=self.device)
+        except SrkdError as e:
+            msg = str(e)
+            raise type(e)(f"--teacher {msg}" if msg.startswith(name) else f"--teacher {name}: {msg}") from None
+        self.teacher_name = str(teacher.metadata.get("zoo_name") or teacher.path or name)
+        return teacher
+
+    def _student_config(self, teacher) -> Dict[str, Any]:
+        overrides = dict(self.cfg.arch_config)
+        if teacher is not None and self.spec.name == "swinir" and teacher.spec.name == "swinir":
+            # A SwinIR student is the teacher with fewer RSTBs (paper 2).
+            base = {**teacher.config, "blocks": max(1, teacher.config["blocks"] - 1)}
+            return self.spec.config(**{**base, **overrides})
+        if teacher is not None and self.spec.name == "squeezesr" and teacher.spec.name == "edsr-t":
+            overrides.setdefault("blocks", teacher.config["blocks"])
+            overrides.setdefault("n_feats", teacher.config["n_feats"])
+        return self.spec.config(**overrides)
+
+    # ------------------------------------------------------------------ state
+
+    def _state(self) -> Dict[str, Any]:
+        streams = gather_objects(self.sampler.state_dict()["generator"], self.env)
+        return {
+            "format": "srkd-train-state/1",
+            "step": self.step,
+            "arch": self.spec.name,
+            "scale": self.cfg.scale,
+            "model_config": self.model_config,
+            "recipe": self.recipe.describe(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"schedule": self.cfg.schedule, "warmup": self.warmup, "steps": self.cfg.steps, "base_lr": self.base_lr},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "streams": streams,
+            },
+            "best_psnr": self.best_psnr,
+            "last_val": self.last_val,
+            "acc": None if self._acc is None else self._acc.detach().cpu(),
+            "acc_steps": self._acc_steps,
+            "part_names": self._part_names,
+            "data_fingerprint": self.fingerprint,
+            "world_size": self.env.world_size,
+        }
+
+    def save_state(self) -> None:
+        state = self._state()  # every rank takes part in gathering the data streams
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_save(state, self.out / STATE_FILE)
+        self._last_ckpt_step = self.step
+
+    def _load_state(self) -> None:
+        path = self.out / STATE_FILE
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
+            raise ConfigError(f"{path}: cannot read the training state ({type(e).__name__}: {e})") from None
+        for key, mine in (("arch", self.spec.name), ("scale", self.cfg.scale), ("model_config", self.model_config)):
+            if st.get(key) != mine:
+                raise ConfigError(f"--resume: {path} is a run of {key}={st.get(key)}, this command asks for {mine}")
+        if st.get("recipe", {}).get("recipe") != self.recipe.name:
+            raise ConfigError(f"--resume: {path} was trained with recipe {st.get('recipe')}, not {self.recipe.name}")
+        self.model.load_state_dict(st["model"])
+        if self.ema and st["ema"] is not None:
+            self.ema.model.load_state_dict(st["ema"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.step = int(st["step"])
+        self.best_psnr, self.last_val = st["best_psnr"], st["last_val"]
+        torch.set_rng_state(st["rng"]["torch"])
+        if self.device.type == "cuda" and st["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
+        streams = st["rng"]["streams"]
+        if len(streams) == self.env.world_size:
+            self.sampler.generator.set_state(streams[self.env.rank])
+        else:
+            self.warnings.append(
+                f"--resume: the state was written by {len(streams)} processes, this run has {self.env.world_size}: "
+                "the data streams restart from new seeds (not a bit-exact resume)"
+            )
+            self.sampler.generator.manual_seed(self._stream_seed(self.env.rank) + self.step)
+        if st["acc"] is not None:
+            self._acc = st["acc"].to(self.device)
+        self._acc_steps, self._part_names = st["acc_steps"], list(st["part_names"])
+        if st.get("data_fingerprint") != self.fingerprint:
+            self.warnings.append("--resume: the training data changed since the run started")
+        self._last_ckpt_step = self.step
+        self._resumed = True
+
+    # ------------------------------------------------------------------ logging
+
+    def _open_log(self):
+        if not self.is_main:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / LOG_FILE
+        if self._resumed and path.exists():
+            # Drop what was logged after the checkpoint: those steps are about to be redone.
+            kept = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
+            path.write_text("".join(k + "\n" for k in kept))
+            return open(path, "a")
+        return open(path, "w")
+
+    def _write(self, log, record: Dict[str, Any]) -> None:
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _train_step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.base_lr, self.cfg.steps, self.warmup, self.cfg.schedule)
+        lr_img, hr = self.sampler.next()
+        if self.channels_last:
+            lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        with amp:
+            total, parts = self.recipe(self.net, lr_img, hr)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model, self.step)
+        values = torch.stack([total.detach().float(), *(v.detach().float() for v in parts.values())])
+        if not self._part_names:
+            self._part_names = ["loss", *parts]
+        self._acc = values if self._acc is None else self._acc + values
+        self._acc_steps += 1
+        self.step += 1
+
+    def _flush_losses(self) -> Optional[Dict[str, float]]:
+        """Mean loss parts since the last flush (averaged over ranks); raises on NaN/inf."""
+        if self._acc is None or self._acc_steps == 0:
+            return None
+        acc = self._acc
+        if self.env.enabled:
+            acc = acc.clone()
+            dist.all_reduce(acc)
+            acc /= self.env.world_size
+        values = (acc / self._acc_steps).tolist()
+        first = self.step - self._acc_steps + 1
+        self._acc, self._acc_steps = None, 0
+        means = dict(zip(self._part_names, values))
+        bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+        if bad:
+            if self._last_ckpt_step:
+                kept = f"the last good checkpoint is {self.out / STATE_FILE} (step {self._last_ckpt_step})"
+            else:
+                kept = "no checkpoint had been written yet"
+            raise TrainingDiverged(
+                f"the loss became {next(iter(bad.values()))} between steps {first} and {self.step}; {kept}; "
+                "lower --lr or --clip and --resume"
+            )
+        self.last_loss = means["loss"]
+        return means
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when any rank says so (all ranks must stop at the same step)."""
+        if not self.env.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    @torch.no_grad()
+    def validate(self) -> Optional[float]:
+        """Mean over the --val sets of their mean PSNR-Y (border = scale) with the exported weights."""
+        if not self.val_sets:
+            return None
+        model = self.export_model()
+        model.eval()
+        per_set = {}
+        for name, images in self.val_sets.items():
+            scores = []
+            for img in images:
+                out = model(img.lr.to(self.device))
+                scores.append(psnr(to_uint8(out.float()), img.hr, crop_border=self.cfg.scale, y_only=True))
+            per_set[name] = float(np.mean(scores))
+        self.last_val = float(np.mean(list(per_set.values())))
+        self._val_detail = per_set
+        return self.last_val
+
+    def export_model(self) -> SRModel:
+        return self.ema.model if self.ema else self.model
+
+    def provenance(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "srkd_version": __version__,
+            "command": cfg.command or shlex.join(sys.argv),
+            "data": [str(d) for d in cfg.data],
+            "data_fingerprint": self.fingerprint,
+            "train_images": len(self.store),
+            "steps": self.step,
+            "batch": cfg.batch,
+            "patch": self.patch,
+            "lr": self.base_lr,
+            "schedule": cfg.schedule,
+            "warmup": self.warmup,
+            "ema": cfg.ema,
+            "seed": cfg.seed,
+            "world_size": self.env.world_size,
+            "device": str(self.device),
+            "best_val_psnr_y": self.best_psnr,
+            "val": [str(v) for v in cfg.val],
+            "teacher": self.teacher_name,
+            "init_from_teacher": cfg.init_from_teacher,
+            **self.recipe.describe(),
+        }
+
+    def _export(self, name: str) -> Path:
+        return save_checkpoint(self.out / name, self.export_model(), self.spec.name, self.model_config, self.provenance())
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        start_step, t0 = self.step, time.perf_counter()
+        stop_reason: Optional[str] = None
+        with ExitStack() as stack:
+            stopper = stack.enter_context(_Stopper())
+            log = self._open_log()
+            if log is not None:
+                stack.callback(log.close)
+            progress = stack.enter_context(_Progress(self, enabled=self.is_main and not cfg.quiet))
+            for w in self.warnings:
+                progress.message(f"warning: {w}")
+            if self.is_main and self.step == 0:
+                progress.message(
+                    f"{self.spec.name} x{cfg.scale}: {count_params(self.model):,} parameters, "
+                    f"{len(self.store)} training images, recipe {self.recipe.name}, device {self.device}"
+                )
+            mark_t, mark_step, paused = time.perf_counter(), self.step, 0.0
+            while self.step < cfg.steps:
+                self._train_step()
+                step = self.step
+                last = step == cfg.steps
+                if step % cfg.log_every == 0 or last:
+                    means = self._flush_losses()  # the one host sync of the interval
+                    now = time.perf_counter()
+                    rate = (step - mark_step) / max(1e-9, now - mark_t - paused)
+                    mark_t, mark_step, paused = now, step, 0.0
+                    if means is not None:
+                        record = {"event": "train", "step": step, **means, "lr": self.optimizer.param_groups[0]["lr"],
+                                  "steps_per_s": rate, "samples_per_s": rate * cfg.batch}
+                        self._write(log, record)
+                        progress.update(step, loss=means["loss"], rate=rate)
+                    # Signals and limits are looked at here, so that all ranks stop at the same step.
+                    stop_reason = self._stop_reason(stopper, start_step, t0)
+                else:
+                    progress.update(step)
+                    if not self.env.enabled and stopper.signal is not None:
+                        stop_reason = self._stop_reason(stopper, start_step, t0)
+                if cfg.stop_after and step - start_step >= cfg.stop_after and not last and stop_reason is None:
+                    stop_reason = f"--stop-after {cfg.stop_after}"
+                t_pause = time.perf_counter()
+                if self.is_main and ((cfg.val_every and step % cfg.val_every == 0) or last):
+                    score = self.validate()
+                    if score is not None:
+                        detail = getattr(self, "_val_detail", {})
+                        self._write(log, {"event": "val", "step": step, "psnr_y": score, "sets": detail})
+                        if self.best_psnr is None or score > self.best_psnr:
+                            self.best_psnr = score
+                            self._export(BEST_FILE)
+                        progress.update(step, val=score)
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last or stop_reason:
+                    self._flush_if_pending()
+                    self.save_state()
+                paused += time.perf_counter() - t_pause
+                if stop_reason:
+                    break
+            completed = self.step >= cfg.steps
+            final = self._export(FINAL_FILE) if completed and self.is_main else None
+            best = self.out / BEST_FILE if self.is_main and (self.out / BEST_FILE).is_file() else None
+            if stop_reason:
+                progress.message(f"stopped at step {self.step} ({stop_reason}); continue with --resume")
+        return RunResult(self.out, self.step, completed, final, best, self.best_psnr, self.last_loss,
+                         self.export_model(), self.recipe.teacher, stop_reason)
+
+    def _flush_if_pending(self) -> None:
+        """Never checkpoint weights that a NaN may have reached: check the pending losses first."""
+        if self._acc is not None and self._acc_steps:
+            acc = self._acc
+            if self.env.enabled:
+                acc = acc.clone()
+                dist.all_reduce(acc)
+            if not bool(torch.isfinite(acc).all()):
+                self._flush_losses()
+
+    def _stop_reason(self, stopper: _Stopper, start_step: int, t0: float) -> Optional[str]:
+        over_time = self.cfg.time_limit is not None and time.perf_counter() - t0 >= self.cfg.time_limit
+        if self._agree(stopper.signal is not None):
+            return "interrupted" if stopper.signal in (None, signal.SIGINT) else "terminated"
+        if self._agree(over_time):
+            return f"time limit {self.cfg.time_limit:g}s"
+        return None
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain lines (at most every 30 s) otherwise; nothing when quiet."""
+
+    def __init__(self, trainer: Trainer, enabled: bool):
+        from rich.console import Console
+
+        self.trainer, self.enabled = trainer, enabled
+        self.console = Console(stderr=True)
+        self.bar = None
+        self.fields = {"loss": float("nan"), "val": None, "rate": 0.0}
+        self._last_line = 0.0
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.2f} it/s"), TimeRemainingColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[val]}"),
+                console=self.console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.trainer.cfg.steps, completed=self.trainer.step,
+                                          loss=float("nan"), rate=0.0, val="")
+        return self
+
+    def update(self, step: int, loss: Optional[float] = None, rate: Optional[float] = None, val: Optional[float] = None) -> None:
+        if not self.enabled:
+            return
+        for k, v in (("loss", loss), ("rate", rate), ("val", val)):
+            if v is not None:
+                self.fields[k] = v
+        if self.bar is not None:
+            val_txt = f"val {self.fields['val']:.2f} dB" if self.fields["val"] is not None else ""
+            self.bar.update(self.task, completed=step, loss=self.fields["loss"], rate=self.fields["rate"], val=val_txt)
+        elif loss is not None or val is not None:
+            now = time.monotonic()
+            if now - self._last_line >= 30 or val is not None or step == self.trainer.cfg.steps:
+                self._last_line = now
+                v = f" val {self.fields['val']:.3f} dB" if self.fields["val"] is not None else ""
+                self.console.print(
+                    f"step {step}/{self.trainer.cfg.steps} loss {self.fields['loss']:.5f} "
+                    f"{self.fields['rate']:.2f} it/s{v}", highlight=False
+                )
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, highlight=False, markup=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@contextmanager
+def _distributed(env: DistEnv, device_name: str) -> Iterator[None]:
+    created = False
+    if env.enabled and not dist.is_initialized():
+        dev = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device_name == "auto" else device_name))
+        init_process_group(env, dev)
+        created = True
+    try:
+        yield
+    finally:
+        if created:
+            shutdown()
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Run (or --resume) one training or distillation job; see TrainConfig for the options."""
+    env = dist_env()
+    with _distributed(env, cfg.device):
+        return Trainer(cfg, env).run()
+
+
+__all__ = ["ARCH_DEFAULTS", "RunResult", "TrainConfig", "Trainer", "TrainingDiverged", "lr_at", "train"]
