@@ -70,16 +70,18 @@ def _images(folder: Path) -> List[Path]:
 
 
 def load_pairs(folder: Path, scale: int) -> List[Pair]:
-    """Every (LR, HR) pair of a benchmark folder, with the checks the protocol needs."""
+    """Every (LR, HR) pair of a benchmark folder, with the checks the protocol needs.
+
+    RGBA/LA images lose alpha, 16-bit images are reduced to 8 bits (PIL conversion).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    hr_dir = folder / "HR"
-    if not hr_dir.is_dir():
-        raise InputError(f"{folder}: has no HR/ folder (expected the layout HR/ and LR_bicubic/X{scale}/)")
+    # The EDSR layout (HR/ beside LR_bicubic/); a plain folder of HR images works too.
+    hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
     hr_files = _images(hr_dir)
     if not hr_files:
-        raise InputError(f"{hr_dir}: no images")
+        raise InputError(f"{hr_dir}: no images (expected HR/ with images, and optionally LR_bicubic/X{scale}/)")
     lr_dir = folder / "LR_bicubic" / f"X{scale}"
     pairs = []
     for hp in hr_files:

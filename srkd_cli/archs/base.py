@@ -35,6 +35,31 @@ class SRModel(nn.Module):
         raise NotImplementedError
 
 
+class ResidualBodySR(SRModel):
+    """head conv -> blocks (their outputs are the features `{prefix}1..n`) -> body_conv + head skip -> tail.
+
+    Subclasses set `head`, `body` (a ModuleList), `body_conv` and `tail`; the RGB mean is
+    subtracted before the head and added back after the tail, as in EDSR.
+    """
+
+    feature_prefix = ""
+
+    def _init_mean(self) -> None:
+        self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+
+    def _forward(self, x: torch.Tensor, names: Tuple[str, ...]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        mean = self.mean.to(x.dtype)
+        h = self.head(x - mean)
+        t = h
+        feats: Dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self.body):
+            t = block(t)
+            name = f"{self.feature_prefix}{i + 1}"
+            if name in names:
+                feats[name] = t
+        return self.tail(self.body_conv(t) + h) + mean, feats
+
+
 def pixel_shuffle_upsampler(n_feats: int, scale: int, out_channels: int) -> nn.Sequential:
     """EDSR's upsampler: conv + PixelShuffle, x4 as two x2 stages, ending at `out_channels` features."""
     layers: list = []

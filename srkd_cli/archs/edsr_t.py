@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
-
 import torch
 from torch import nn
 
-from .base import RGB_MEAN, SRModel, pixel_shuffle_upsampler
+from .base import ResidualBodySR, pixel_shuffle_upsampler
 
 
 class ResidualModule(nn.Module):
@@ -35,26 +33,15 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-class EDSRT(SRModel):
-    feature_names = ("T1", "T2", "T3")
+class EDSRT(ResidualBodySR):
+    feature_prefix = "T"
 
     def __init__(self, scale: int = 2, n_feats: int = 64, blocks: int = 3, modules_per_block: int = 9, res_scale: float = 0.1):
         super().__init__()
         self.scale = scale
         self.feature_names = tuple(f"T{i + 1}" for i in range(blocks))
-        self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+        self._init_mean()
         self.head = nn.Conv2d(3, n_feats, 3, padding=1)
         self.body = nn.ModuleList(ResidualBlock(n_feats, modules_per_block, res_scale) for _ in range(blocks))
         self.body_conv = nn.Conv2d(n_feats, n_feats, 3, padding=1)
         self.tail = pixel_shuffle_upsampler(n_feats, scale, 3)
-
-    def _forward(self, x: torch.Tensor, names: Sequence[str]):
-        mean = self.mean.to(x.dtype)
-        h = self.head(x - mean)
-        t = h
-        feats: Dict[str, torch.Tensor] = {}
-        for i, block in enumerate(self.body):
-            t = block(t)
-            if f"T{i + 1}" in names:
-                feats[f"T{i + 1}"] = t
-        return self.tail(self.body_conv(t) + h) + mean, feats

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
-
 import torch
 from torch import nn
 
-from .base import RGB_MEAN, SRModel
+from .base import ResidualBodySR
 
 
 class SqueezeBlock(nn.Module):
@@ -25,24 +23,16 @@ class SqueezeBlock(nn.Module):
         return x + self.act(torch.cat([self.expand1x1(s), self.expand3x3(s)], dim=1))
 
 
-class SqueezeSR(SRModel):
+class SqueezeSR(ResidualBodySR):
+    feature_prefix = "S"
+
     def __init__(self, scale: int = 2, n_feats: int = 64, blocks: int = 3, squeeze: int = 16, expand1x1: int = 32):
         super().__init__()
         self.scale = scale
         self.feature_names = tuple(f"S{i + 1}" for i in range(blocks))
-        self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+        self._init_mean()
         self.head = nn.Conv2d(3, n_feats, 3, padding=1)
         self.body = nn.ModuleList(SqueezeBlock(n_feats, squeeze, expand1x1) for _ in range(blocks))
+        self.body_conv = nn.Identity()  # the student keeps only the global skip: no extra conv
         # ESPCN-style sub-pixel tail: one conv straight to scale^2 * 3 channels keeps it light.
         self.tail = nn.Sequential(nn.Conv2d(n_feats, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-    def _forward(self, x: torch.Tensor, names: Sequence[str]):
-        mean = self.mean.to(x.dtype)
-        h = self.head(x - mean)
-        t = h
-        feats: Dict[str, torch.Tensor] = {}
-        for i, block in enumerate(self.body):
-            t = block(t)
-            if f"S{i + 1}" in names:
-                feats[f"S{i + 1}"] = t
-        return self.tail(t + h) + mean, feats

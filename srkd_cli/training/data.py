@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, InputError
-from ..imaging.imresize import bicubic_downscale_uint8, imresize
+from ..imaging.imresize import imresize
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # MATLAB's antialiased cubic kernel reaches 2 LR pixels out: with this margin the interior
@@ -211,29 +211,14 @@ class ValImage:
 
 
 def load_val_set(folder: PathLike, scale: int) -> List[ValImage]:
-    """A benchmark folder in the EDSR layout (HR/ and LR_bicubic/X{s}/{stem}x{s}.png) or a folder of HR images.
+    """Validation pairs read by the evaluation protocol's own loader (`evaluate.load_pairs`)."""
+    from ..evaluate import load_pairs, to_tensor
 
-    HR is cropped to a multiple of the scale; LR files that are missing are made with MATLAB bicubic.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"--val {folder}: no such folder")
-    hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
-    files = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-    if not files:
-        raise ConfigError(f"--val {folder}: no HR images found (expected HR/ or images in the folder)")
-    lr_dir = folder / "LR_bicubic" / f"X{scale}"
     out = []
-    for f in files:
-        hr = read_rgb_uint8(f)
-        h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
-        hr = np.ascontiguousarray(hr[:h, :w])
-        lr_file = next((lr_dir / f"{f.stem}x{scale}{e}" for e in IMAGE_EXTS if (lr_dir / f"{f.stem}x{scale}{e}").is_file()), None)
-        lr = read_rgb_uint8(lr_file) if lr_file else bicubic_downscale_uint8(hr, scale)
-        if lr.shape[0] * scale != h or lr.shape[1] * scale != w:
-            raise InputError(f"{lr_file}: {lr.shape[1]}x{lr.shape[0]} is not {f.name} ({w}x{h}) divided by {scale}")
-        t = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))).float().div_(255.0)[None]
-        out.append(ValImage(f.stem, t, hr))
+    for pair in load_pairs(Path(folder), scale):
+        hr = pair.hr if pair.hr.ndim == 3 else np.repeat(pair.hr[..., None], 3, axis=2)
+        lr = pair.lr if pair.lr.ndim == 3 else np.repeat(pair.lr[..., None], 3, axis=2)
+        out.append(ValImage(pair.stem, to_tensor(lr).float(), np.ascontiguousarray(hr)))
     return out
 
 
