@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def test_help_lists_the_subcommands(run_cli):
+    code, out, _ = run_cli("--help")
+    assert code == 0
+    for name in ("train", "distill", "eval", "upscale", "models", "bench", "export"):
+        assert name in out
+
+
+def test_python_dash_m_works():
+    r = subprocess.run([sys.executable, "-m", "srkd_cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "upscale" in r.stdout
+
+
+def test_cli_reproduces_official_swinir_output(run_cli, tmp_path, fixture_dir):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(
+        "upscale", fixture_dir / "swinir_official_2rstb_x2_in.png", "-o", out,
+        "--weights", fixture_dir / "swinir_official_2rstb_x2.pth", "--scale", "2", "--device", "cpu", "--quiet",
+    )
+    assert code == 0, err
+    got = np.asarray(Image.open(out)).astype(int)
+    want = np.asarray(Image.open(fixture_dir / "swinir_official_2rstb_x2_expected.png")).astype(int)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1
+
+
+def test_bad_weights_file_is_one_line(run_cli, tmp_path, fixture_dir):
+    bad = tmp_path / "weights.pth"
+    bad.write_text("not a checkpoint")
+    code, _, err = run_cli("upscale", fixture_dir / "swinir_official_2rstb_x2_in.png", "-o", tmp_path / "o.png", "--weights", bad)
+    assert code != 0
+    assert "weights.pth" in err and "not a checkpoint" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(
+        "upscale", fixture_dir / "swinir_official_2rstb_x2_in.png", "-o", tmp_path / "o.png",
+        "--weights", fixture_dir / "swinir_official_2rstb_x2.pth", "--scale", "3",
+    )
+    assert code != 0 and "upscales x2, not x3" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_internal_errors_are_one_line_and_debug_shows_traceback(run_cli, monkeypatch):
+    import srkd_cli.cli.models as models_cmd
+    from srkd_cli import zoo
+
+    def boom():
+        raise ZeroDivisionError("kaboom")
+
+    monkeypatch.setattr(zoo, "get_zoo", boom)
+    monkeypatch.setattr(models_cmd, "get_zoo", boom, raising=False)
+    code, _, err = run_cli("models")
+    assert code == 1 and "internal error" in err and "--debug" in err and "Traceback" not in err
