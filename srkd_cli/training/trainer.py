@@ -41,6 +41,7 @@ from ..archs import SCALES, SRModel, count_params, get_arch
 from ..checkpoint import save_checkpoint
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
+from ..inference import pick_device
 from ..metrics import psnr, to_uint8
 from .data import PatchSampler, ValImage, check_disjoint, data_fingerprint, load_hr_store, load_val_set
 from .recipes import Recipe, WithFeatures, check_pair, init_from_teacher, make_distill_recipe
@@ -130,15 +131,8 @@ def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> flo
 
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return rank_device(env, device)
+    """The device named on the command line (`auto`: cuda, mps, cpu), one per torchrun rank."""
+    return rank_device(env, pick_device(name))
 
 
 class EMA:
