@@ -392,3 +392,18 @@ def test_cli_train_runs(images, tmp_path, capsys):
     assert loaded.config["blocks"] == 2 and loaded.config["n_feats"] == 8
     assert json.loads(loaded.metadata["provenance"])["command"].startswith("srkd")
     assert not math.isnan(_log(out)[-1]["loss"])
+
+
+def test_init_copies_matching_weights_across_scales(images, tmp_path):
+    torch.manual_seed(3)
+    src = build_model("squeezesr", 2, **TINY_SQUEEZE)
+    path = save_checkpoint(tmp_path / "x2.safetensors", src, "squeezesr", get_arch("squeezesr").config(**TINY_SQUEEZE))
+    res = train(_cfg(images, tmp_path / "x4", scale=4, steps=1, lr=1e-12, warmup=0, ema=0, init=str(path)))
+    got, want = res.model.state_dict(), src.state_dict()
+    body = [k for k in got if not k.startswith("tail.")]
+    assert body and all(torch.allclose(got[k], want[k], atol=1e-6) for k in body)
+    assert got["tail.0.weight"].shape != want["tail.0.weight"].shape  # x4's tail starts fresh
+    assert json.loads(load_checkpoint(res.final).metadata["provenance"])["init"] == str(path)
+    alien = save_checkpoint(tmp_path / "swin.safetensors", build_model("swinir", 2, **TINY_SWIN), "swinir", get_arch("swinir").config(**TINY_SWIN))
+    with pytest.raises(ConfigError, match="no tensor matches"):
+        train(_cfg(images, tmp_path / "bad", init=str(alien)))

@@ -34,6 +34,7 @@ VAL_EVERY = typer.Option(1000, "--val-every", help="Validate every N steps (0: o
 LOG_EVERY = typer.Option(50, "--log-every", help="Read the loss back from the device and log it every N steps.")
 STOP_AFTER = typer.Option(None, "--stop-after", help="Checkpoint and stop after N steps of this invocation.")
 TIME_LIMIT = typer.Option(None, "--time-limit", help="Checkpoint and stop after this many seconds.")
+INIT = typer.Option(None, "--init", help="Start from these weights (file or zoo name; any scale): tensors of matching name and shape are copied.")
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
 FP32 = typer.Option(False, "--fp32", help="Train in float32 on CUDA (default: bf16 autocast).")
 THREADS = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine) (default: torch's).")
@@ -74,7 +75,7 @@ def _run(cfg_kwargs: Dict[str, Any]) -> int:
 def _common(**kw: Any) -> Dict[str, Any]:
     return dict(
         scale=kw["scale"], data=[Path(d) for d in kw["data"]], val=[Path(v) for v in kw["val"] or []],
-        out=Path(kw["out"]), steps=kw["steps"], batch=kw["batch"], patch=kw["patch"], lr=kw["lr"],
+        out=Path(kw["out"]), init=kw["init"], steps=kw["steps"], batch=kw["batch"], patch=kw["patch"], lr=kw["lr"],
         warmup=kw["warmup"], schedule=kw["schedule"], ema=kw["ema"], clip=kw["clip"], seed=kw["seed"],
         device=kw["device"], resume=kw["resume"], ckpt_every=kw["ckpt_every"], val_every=kw["val_every"],
         log_every=kw["log_every"], stop_after=kw["stop_after"], time_limit=kw["time_limit"],
@@ -93,7 +94,7 @@ def train(
     seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
     val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
     time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32,
-    threads: Optional[int] = THREADS, quiet: bool = QUIET,
+    threads: Optional[int] = THREADS, quiet: bool = QUIET, init: Optional[str] = INIT,
 ) -> int:
     """Train an architecture from scratch with L1 on HR patches (LR made with MATLAB bicubic)."""
     from ..archs import get_arch
@@ -122,7 +123,7 @@ def distill(
     seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
     val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
     time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32,
-    threads: Optional[int] = THREADS, quiet: bool = QUIET,
+    threads: Optional[int] = THREADS, quiet: bool = QUIET, init: Optional[str] = INIT,
 ) -> int:
     """Distil a student from a frozen teacher (paper 1 or paper 2 recipe, chosen by the pair)."""
     from ..archs import get_arch

@@ -159,12 +159,24 @@ def _probe(recipe: Recipe, student: SRModel) -> None:
             )
 
 
+def copy_matching(model: nn.Module, source: Dict[str, torch.Tensor]) -> Tuple[List[str], List[str]]:
+    """Copy every tensor of `source` that `model` holds under the same name and shape.
+
+    Returns (copied keys, model keys left as they were).
+    """
+    own = model.state_dict()
+    copied = [k for k, v in own.items() if k in source and source[k].shape == v.shape]
+    with torch.no_grad():
+        for k in copied:
+            own[k].copy_(source[k])
+    return copied, [k for k in own if k not in set(copied)]
+
+
 def init_from_teacher(student: SRModel, teacher: SRModel) -> List[str]:
-    """Copy every student weight that the teacher holds under the same name and shape.
+    """Copy every student weight from the teacher, which must hold all of them (same name and shape).
 
     For SwinIR students this is the head (conv_first, patch_embed), the first k RSTBs, the final
-    norm, conv_after_body and the upsampler. Returns the copied keys; any student key that the
-    teacher lacks or holds in another shape is an error, so a partial copy never passes silently.
+    norm, conv_after_body and the upsampler. A partial copy is an error, never silent.
     """
     t_sd = teacher.state_dict()
     s_sd = student.state_dict()
@@ -174,10 +186,16 @@ def init_from_teacher(student: SRModel, teacher: SRModel) -> List[str]:
             f"--init-from-teacher: the teacher has no weights matching the student's {', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''} (the student must be the teacher with fewer blocks)"
         )
-    with torch.no_grad():
-        for k, v in s_sd.items():
-            v.copy_(t_sd[k])
-    return list(s_sd)
+    return copy_matching(student, t_sd)[0]
+
+
+def init_from_weights(model: SRModel, source: SRModel, name: str) -> str:
+    """`--init`: start from another model's weights (e.g. x4 from x2's body); a note of what was copied."""
+    copied, kept = copy_matching(model, source.state_dict())
+    if not copied:
+        raise ConfigError(f"--init {name}: no tensor matches this model's names and shapes")
+    note = f"--init {name}: copied {len(copied)} of {len(copied) + len(kept)} tensors"
+    return note + (f"; kept fresh: {', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''}" if kept else "")
 
 
 class WithFeatures(nn.Module):

@@ -44,7 +44,7 @@ from ..errors import ConfigError, SrkdError
 from ..inference import pick_device
 from ..metrics import psnr, to_uint8
 from .data import PatchSampler, ValImage, check_disjoint, data_fingerprint, load_hr_store, load_val_set
-from .recipes import Recipe, WithFeatures, check_pair, init_from_teacher, make_distill_recipe
+from .recipes import Recipe, WithFeatures, check_pair, init_from_teacher, init_from_weights, make_distill_recipe
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -99,6 +99,7 @@ class TrainConfig:
     # distillation
     teacher: Optional[str] = None  # zoo name or weights file
     init_from_teacher: bool = False
+    init: Optional[str] = None  # weights (file or zoo name) to start from
     alpha: float = 0.75
     feat_loss: str = "l1"
     feat_weight: float = 0.1
@@ -257,6 +258,11 @@ class Trainer:
             )
         else:
             self.recipe = Recipe()
+        self.init_note: Optional[str] = None
+        if cfg.init:
+            from ..loader import load_model
+
+            self.init_note = init_from_weights(self.model, load_model(cfg.init, device="cpu").model, cfg.init)
 
         # Convnets run faster channels-last with cuDNN and oneDNN alike; SwinIR is mostly matmuls.
         self.channels_last = self.spec.name != "swinir"
@@ -276,7 +282,7 @@ class Trainer:
         if self.is_main:
             for v in cfg.val:
                 self.val_sets[Path(v).name] = load_val_set(v, cfg.scale)
-        self.warnings: List[str] = []
+        self.warnings: List[str] = [self.init_note] if self.init_note else []
         if self.store.skipped:
             self.warnings.append(
                 f"skipped {len(self.store.skipped)} training images smaller than {hr_side}x{hr_side} "
@@ -554,6 +560,7 @@ class Trainer:
             "val": [str(v) for v in cfg.val],
             "teacher": self.teacher_name,
             "init_from_teacher": cfg.init_from_teacher,
+            "init": cfg.init,
             **self.recipe.describe(),
         }
 
