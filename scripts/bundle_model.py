@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Ship a trained model inside the package: copy its weights and print its weights.toml entry.
+
+    python scripts/bundle_model.py runs/squeezesr-x2/best.safetensors squeezesr-x2 \
+        --data tests/data/Set5 --data ../shared/data/benchmark/Set14 [--half]
+
+The weights go to srkd_cli/weights/NAME.safetensors (fp16 storage with --half); the entry
+printed carries the parameter count, sha256, the provenance stored in the file, and the
+PSNR-Y measured here with the evaluation protocol (the same code as `srkd eval`), together
+with the `srkd eval` command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from srkd_cli.archs import count_params  # noqa: E402
+from srkd_cli.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from srkd_cli.evaluate import evaluate_folder  # noqa: E402
+from srkd_cli.inference import Upscaler  # noqa: E402
+from srkd_cli.zoo import sha256_file  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--data", type=Path, action="append", required=True)
+    ap.add_argument("--half", action="store_true", help="store the weights in float16")
+    ap.add_argument("--description", default=None)
+    args = ap.parse_args()
+
+    src = load_checkpoint(args.weights)
+    dest = ROOT / "srkd_cli" / "weights" / f"{args.name}.safetensors"
+    prov = json.loads(src.metadata.get("provenance", "{}"))
+    if args.half:
+        save_checkpoint(dest, src.model, src.spec.name, src.config, provenance=prov, half=True)
+    else:
+        shutil.copyfile(args.weights, dest)
+    lm = load_checkpoint(dest)
+    metrics = {}
+    for folder in args.data:
+        rec = evaluate_folder(Upscaler(lm.model, lm.spec, lm.config, "cpu", tile=None), args.name, folder, lm.scale)
+        metrics[f"{folder.name.lower()}_psnr_y"] = round(rec.psnr_y, 3)
+        metrics[f"{folder.name.lower()}_ssim_y"] = round(rec.ssim_y, 4)
+    data = " ".join(f"--data {d}" for d in args.data)
+    metrics["command"] = f"srkd eval --model {args.name} {data} --scale {lm.scale}"
+    overrides = {k: v for k, v in lm.config.items() if lm.spec.defaults.get(k) != v}
+    steps = prov.get("steps", "?")
+    text = [
+        f'[models."{args.name}"]',
+        f'arch = "{lm.spec.name}"',
+        f"scale = {lm.scale}",
+        "config = {" + (" " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in overrides.items()) + " " if overrides else "") + "}",
+        f"params = {count_params(lm.model)}",
+        'license = "Apache-2.0"',
+        f'description = "{args.description or lm.spec.description}"',
+        'provenance = """',
+        f"Trained by srkd: {prov.get('command', '?')}",
+        f"Steps: {steps}; data fingerprint {prov.get('data_fingerprint', '?')}; seed {prov.get('seed', '?')};",
+        f"best validation PSNR-Y {prov.get('best_val_psnr_y', '?')}; initialised from {prov.get('init') or 'scratch'}.",
+        f"{'Stored in float16.' if args.half else 'Stored in float32.'}",
+        '"""',
+        "metrics = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in metrics.items()) + " }",
+        "sources = [",
+        f'  {{ kind = "bundled", file = "{dest.name}", sha256 = "{sha256_file(dest)}" }},',
+        "]",
+    ]
+    # Paths as a reader of the repository sees them: ../shared beside it.
+    print("\n".join(text).replace(str(ROOT.parent / "shared"), "../shared"))
+
+
+if __name__ == "__main__":
+    main()
