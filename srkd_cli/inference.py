@@ -1,25 +1,37 @@
 """Running a model on whole images: device and precision choice, tiling with blended seams, TTA.
 
-`Upscaler` takes a (1,C,H,W) float image in [0,1] (C = 1 or 3) and returns (1,C,sH,sW).
-Tiles are placed on the model's window grid and blended with linear ramps over their
-overlap, so a tiled result matches the untiled one to within a grey level.
+`Upscaler` takes a (1,C,H,W) float image in [0,1] (C = 1 or 3) and returns (1,C,sH,sW) on the
+CPU. Large images are cut into tiles that start on the model's window grid and overlap; each
+tile's output is weighted by ramps over the overlaps, normalised so the weights sum to one, and
+added straight into the one output buffer. A tiled result matches the untiled one to within a
+grey level, and the memory needed beyond the output is that of one tile, whatever the image size.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
 from .archs import ArchSpec, SRModel
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError, InputError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TileSpec = Union[int, str, None]
+
+# Share of the free memory auto tiling lets one tile's activations take. The CPU share is
+# lower: other programs live in the same memory, and writing the output file needs room too.
+MEMORY_SHARE = {"cpu": 0.4, "cuda": 0.6, "mps": 0.5}
+# `auto` runs an image whole when it fits and its longer side is at most WHOLE_MAX (benchmark
+# images then give exactly the untiled result), and otherwise uses tiles of at most TILE_MAX.
+# The CPU cap is low on purpose: glibc maps each tensor over 32 MB afresh and page-faults it
+# in, so larger tiles measured up to 3x slower per pixel despite less overlap (docs/upscale.md).
+WHOLE_MAX = {"cpu": 1024, "cuda": 2048, "mps": 1024}
+TILE_MAX = {"cpu": 256, "cuda": 2048, "mps": 1024}
+MIN_TILE = 32
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -41,8 +53,27 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"--device {name}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
 
 
+def tune_cpu_allocator(limit: int = 1 << 30) -> bool:
+    """Let glibc serve and keep allocations up to `limit` bytes from its heap.
+
+    By default it maps every block over 32 MB afresh and unmaps it when freed, so a forward
+    pass page-faults all its large activations in again each time: measured 1.5-3x CPU time
+    on big images. A process that runs many forward passes (the CLI) calls this once; where
+    the C library is not glibc it does nothing and returns False.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+    except (OSError, AttributeError):
+        return False
+
+
 def available_memory(device: torch.device) -> int:
-    """Bytes free for activations on `device` now."""
+    """Bytes free for new tensors on `device` now (CPU: the kernel's MemAvailable)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -50,20 +81,25 @@ def available_memory(device: torch.device) -> int:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
         return info.get("MemAvailable", info.get("MemFree", 4 << 30))
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return 4 << 30
 
 
 def bytes_per_input_pixel(spec: ArchSpec, config: dict, scale: int) -> int:
-    """A conservative peak-activation estimate per LR pixel at float32, for auto tiling."""
+    """Peak float32 memory of one forward pass per input pixel, its output included.
+
+    Fitted with about 10 % to spare to the peak RSS of tiled CPU runs of the default
+    configurations at x2, x3 and x4 (docs/upscale.md): SwinIR's attention scores dominate, and
+    at x4 the EDSR upsampler's wide convolutions at twice the input size.
+    """
+    out = 4 * 3 * scale * scale
     if spec.name == "swinir":
-        dim, heads = config["embed_dim"], config["num_heads"]
-        n = config["window_size"] ** 2
-        per = 4 * (12 * dim + 3 * heads * n)  # tokens, qkv, mlp hidden, attention scores and softmax
-    else:
-        per = 4 * 6 * config.get("n_feats", 64)
-    per += 4 * (3 * scale * scale) * 4 + 4 * config.get("n_feats", 64) * scale * scale * 2  # upsampler
-    return per
+        dim, heads, n = config["embed_dim"], config["num_heads"], config["window_size"] ** 2
+        return 4 * (24 * dim + 7 * heads * n) + 10 * out
+    nf = config.get("n_feats", 64)
+    if spec.name == "edsr-t":
+        return 4 * nf * (10 + 3 * scale * scale) + 3 * out
+    return 4 * nf * 11 + 7 * out  # squeezesr and other plain convolution stacks
 
 
 @dataclass
@@ -74,35 +110,41 @@ class Tile:
     x1: int
 
 
+def tile_spans(n: int, tile: int, overlap: int, multiple: int = 1) -> List[Tuple[int, int]]:
+    """[start, end) spans of about `tile` covering [0, n), neighbours overlapping by >= `overlap`.
+
+    Starts lie on multiples of `multiple` (SwinIR's windows then fall where the untiled run has
+    them) and are spread evenly; the last span ends at n and may be up to `multiple` - 1 longer.
+    """
+    last = (n - tile) // multiple if n > tile else 0
+    if last == 0:
+        return [(0, n)]
+    step = max(multiple, (tile - overlap) // multiple * multiple)  # the longest allowed stride
+    count = 1 + math.ceil(last * multiple / step)
+    # Round half up (not to even): then no stride exceeds `step`, so no overlap falls short.
+    starts = [(2 * i * last + count - 1) // (2 * (count - 1)) * multiple for i in range(count)]
+    return [(a, min(a + tile, n)) for a in starts[:-1]] + [(starts[-1], n)]
+
+
 def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> List[Tile]:
-    """Tiles of about `tile` pixels covering (h, w), overlapping by >= `overlap`, starting on `multiple`.
+    """The tiles, row by row, that `tile_spans` gives along each axis."""
+    return [Tile(y0, y1, x0, x1) for y0, y1 in tile_spans(h, tile, overlap, multiple)
+            for x0, x1 in tile_spans(w, tile, overlap, multiple)]
 
-    Starts on the model's window grid keep SwinIR's windows where the untiled run has them;
-    the last tile along each axis runs to the image's end (up to `multiple` - 1 pixels longer).
+
+def _ramp(n: int, lo_edge: bool, hi_edge: bool, overlap: int) -> torch.Tensor:
+    """1-D blend weight of a span whose sides not at the image edge are shared with a neighbour.
+
+    The outer quarter of the overlap gets weight 0 (context only: there a tile sees least of
+    its surroundings), the middle half ramps linearly, so where two neighbours overlap by
+    exactly `overlap` their ramps sum to 1; `blend_weights` normalises the other cases.
     """
-    def spans(n: int) -> List[Tuple[int, int]]:
-        if n <= tile:
-            return [(0, n)]
-        stride = max(multiple, (tile - overlap) // multiple * multiple)
-        last = (n - tile) // multiple * multiple
-        starts = list(range(0, last, stride)) + [last]
-        return [(a, min(a + tile, n)) for a in starts[:-1]] + [(last, n)]
-
-    return [Tile(y0, y1, x0, x1) for y0, y1 in spans(h) for x0, x1 in spans(w)]
-
-
-def _ramp(n: int, lo_edge: bool, hi_edge: bool, overlap: int, device) -> torch.Tensor:
-    """1-D blend weight for a tile side shared with a neighbour that overlaps it by `overlap`.
-
-    The outer quarter of the overlap is context only (weight 0, where a tile sees least of its
-    surroundings), the middle half ramps linearly, so two neighbours' ramps coincide and sum to 1.
-    """
-    wgt = torch.ones(n, device=device)
+    wgt = torch.ones(n)
     q = overlap // 4
     k = overlap - 2 * q
-    if overlap <= 0:
+    if overlap <= 0 or k <= 0:
         return wgt
-    ramp = torch.cat([torch.zeros(q, device=device), (torch.arange(k, device=device, dtype=torch.float32) + 0.5) / k])
+    ramp = torch.cat([torch.zeros(q), (torch.arange(k, dtype=torch.float32) + 0.5) / k])
     if not lo_edge:
         wgt[: q + k] = ramp
     if not hi_edge:
@@ -110,8 +152,68 @@ def _ramp(n: int, lo_edge: bool, hi_edge: bool, overlap: int, device) -> torch.T
     return wgt
 
 
+def blend_weights(spans: List[Tuple[int, int]], n: int, overlap: int, scale: int) -> List[torch.Tensor]:
+    """Per span, its 1-D weights at output resolution, normalised to sum to 1 over all spans.
+
+    The 2-D weight of a tile is the product of its row and column weights; as the tiles form
+    a grid, the 2-D weights then sum to 1 too, so no image-sized weight map is ever needed.
+    """
+    ramps = [_ramp((b - a) * scale, a == 0, b == n, overlap * scale) for a, b in spans]
+    total = torch.zeros(n * scale)
+    for (a, b), r in zip(spans, ramps):
+        total[a * scale:b * scale] += r
+    if not bool((total > 0).all()):
+        raise AssertionError(f"tile spans {spans} leave pixels without weight")
+    return [r / total[a * scale:b * scale] for (a, b), r in zip(spans, ramps)]
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations (k = 0 is the identity) of the last two dimensions."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def dihedral_inverse(y: torch.Tensor, k: int) -> torch.Tensor:
+    y = torch.rot90(y, -(k % 4), dims=(-2, -1))
+    return y.flip(-1) if k >= 4 else y
+
+
+def _axis_directions(k: int) -> Tuple[bool, bool]:
+    """Whether the k-th transform keeps the direction of the image's rows and of its columns
+    (wherever it puts them): a tile grid anchored at the top-left of the transformed image is
+    anchored at the far end of each reversed axis of the original."""
+    r = torch.tensor([[0, 0], [1, 1]])
+    tr, tc = dihedral(r, k), dihedral(r.t(), k)
+    if tr[0, 0] != tr[1, 0]:  # rows stay rows
+        return bool(tr[1, 0] > tr[0, 0]), bool(tc[0, 1] > tc[0, 0])
+    return bool(tr[0, 1] > tr[0, 0]), bool(tc[1, 0] > tc[0, 0])
+
+
+def _anchored_spans(n: int, tile: int, overlap: int, multiple: int, forward: bool) -> List[Tuple[int, int]]:
+    spans = tile_spans(n, tile, overlap, multiple)
+    return spans if forward else [(n - b, n - a) for a, b in reversed(spans)]
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # cannot tell: say nothing
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
 class Upscaler:
-    """A model plus how to run it: device, precision, tiles, TTA."""
+    """A model plus how to run it: device, precision, tiles, TTA. Call it on a (1,C,H,W) image."""
 
     def __init__(
         self,
@@ -135,103 +237,169 @@ class Upscaler:
         self.precision, self.tta = precision, tta
         self.overlap = max(0, int(overlap))
         self.multiple = spec.window_multiple(config)
-        if tile not in (None, "auto", "none", 0):
-            tile = int(tile)
-            if tile < max(16, self.multiple) or tile <= 2 * self.overlap:
-                raise ConfigError(f"--tile {tile}: too small (at least 16 and more than twice --tile-overlap {self.overlap})")
-            tile = tile // self.multiple * self.multiple
-        self.tile = tile
-        self.warned_fallback = False
+        if isinstance(tile, str) and tile.lower() in ("none", "0"):
+            tile = None
+        if tile not in (None, "auto", 0):
+            asked, tile = int(tile), int(tile) // self.multiple * self.multiple
+            if tile < max(MIN_TILE, self.multiple) or tile <= 2 * self.overlap:
+                raise ConfigError(f"--tile {asked}: too small (at least {max(MIN_TILE, self.multiple)}, a multiple "
+                                  f"of {self.multiple}, and more than twice --tile-overlap {self.overlap})")
+        self.tile = tile or None
+        self.half_failed = False  # set once reduced precision gave inf/NaN: fp32 from then on
+        self.bf16_checked = False
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.progress: Optional[Callable[[int, int], None]] = None
+        self.progress: Optional[Callable[[int, int], None]] = None  # (tiles done, tiles in all)
+        self.warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=3)
 
     # ---- public -------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        gray = x.shape[1] == 1
-        x = x.to(self.device, torch.float32)
-        if gray:
-            x = x.expand(-1, 3, -1, -1)
-        if self.tta:
-            outs = [self._inverse(self._run(self._forward_t(x, k)), k) for k in range(8)]
-            y = torch.stack(outs).mean(0)
-        else:
-            y = self._run(x)
-        y = y.clamp_(0, 1)
-        return y.mean(1, keepdim=True) if gray else y
+        """(1,C,H,W) in [0,1], C = 1 or 3 -> (1,C,sH,sW) float32 on the CPU, clamped to [0,1].
 
-    def tile_size_for(self, h: int, w: int) -> Optional[int]:
-        """The tile edge this run would use for an (h, w) input; None means the whole image."""
-        if self.tile in (None, "none", 0):
-            return None
-        if self.tile != "auto":
-            return None if (h <= self.tile and w <= self.tile) else int(self.tile)
-        budget = available_memory(self.device) * (0.5 if self.device.type == "cuda" else 0.25)
-        per = bytes_per_input_pixel(self.spec, self.config, self.scale)
-        if self.precision != "fp32":
-            per //= 2
-        if h * w * per <= budget:
-            return None
-        edge = int(math.sqrt(budget / per))
-        return max(self.multiple * 4, 4 * self.overlap, min(2048, edge) // self.multiple * self.multiple)
-
-    # ---- internals ----------------------------------------------------------------------------
-    @staticmethod
-    def _forward_t(x: torch.Tensor, k: int) -> torch.Tensor:
-        if k >= 4:
-            x = x.flip(-1)
-        return torch.rot90(x, k % 4, dims=(-2, -1))
-
-    @staticmethod
-    def _inverse(y: torch.Tensor, k: int) -> torch.Tensor:
-        y = torch.rot90(y, -(k % 4), dims=(-2, -1))
-        return y.flip(-1) if k >= 4 else y
-
-    def _model_call(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
-        if dtype == torch.float32:
-            return self.model(x).float()
-        with torch.autocast(self.device.type, dtype=dtype):
-            y = self.model(x).float()
-        if not torch.isfinite(y).all():
-            # SwinIR's attention overflows in fp16 on some inputs: never hand back a black image.
-            if not self.warned_fallback:
-                warnings.warn(f"{self.precision} produced inf/NaN for {self.spec.name}; using fp32 instead")
-                self.warned_fallback = True
-            y = self.model(x).float()
-        return y
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        tile = self.tile_size_for(x.shape[2], x.shape[3])
+        A one-channel image is run as grey RGB and the channels of the result averaged.
+        """
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected a (1, 1|3, H, W) image, got {tuple(x.shape)}")
+        x = x.float()
+        h, w = x.shape[2:]
+        tile = self.tile_size_for(h, w)
         while True:
             try:
                 if tile is None:
-                    return self._model_call(x)
-                return self._run_tiled(x, tile)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-                if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
+                    y = self._infer(x.to(self.device)).cpu()
+                    y = y.mean(1, keepdim=True) if x.shape[1] == 1 else y
+                else:
+                    y = self._run_tiled(x, tile)
+                return y.clamp_(0, 1)
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                if not _is_oom(e):
                     raise
+                y = None
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                smaller = (tile or max(x.shape[2], x.shape[3])) // 2 // self.multiple * self.multiple
-                if smaller < max(32, self.multiple * 4):
-                    raise
+                smaller = (tile or max(h, w)) // 2 // self.multiple * self.multiple
+                if smaller < self._min_tile():
+                    raise InputError(f"out of memory on {self.device} even with {self._min_tile()}-pixel tiles "
+                                     "(free some memory or use --device cpu)") from None
                 tile = smaller
+
+    def tile_size_for(self, h: int, w: int) -> Optional[int]:
+        """The tile edge a call on an (h, w) input uses first; None means the whole image at once."""
+        if self.tile is None:
+            return None
+        if self.tile != "auto":
+            return None if (h <= self.tile and w <= self.tile) else int(self.tile)
+        if max(h, w) <= WHOLE_MAX.get(self.device.type, 1024) and self.peak_bytes(h, w, None) <= self.memory_budget():
+            return None
+        cap = TILE_MAX.get(self.device.type, 1024)
+        per = self._bytes_per_pixel()
+        room = self.memory_budget(self.peak_bytes(h, w, 0))
+        # A tile may be up to `multiple` - 1 pixels longer than asked (the last in a row).
+        edge = int(math.sqrt(room / per)) - self.multiple
+        edge = min(cap, edge) // self.multiple * self.multiple
+        return max(self._min_tile(), edge)
+
+    def memory_budget(self, fixed: int = 0) -> float:
+        """Bytes auto tiling may give to activations on the device: a share of what is free now
+        once `fixed` bytes (the output buffer of a tiled run on the CPU) are taken."""
+        return max(0.0, available_memory(self.device) - fixed) * MEMORY_SHARE.get(self.device.type, 0.4)
+
+    def peak_bytes(self, h: int, w: int, tile: Optional[int]) -> int:
+        """Estimated peak memory on the device for an (h, w) input, whole (tile None) or tiled.
+
+        Tiled, the device holds one tile's activations; on the CPU it also holds the input and
+        the output buffer (on a GPU those stay in host memory). `tile` 0 gives that fixed part.
+        """
+        c, s = 3, self.scale
+        per = self._bytes_per_pixel()
+        if tile is None:
+            return per * h * w + 4 * c * h * w
+        side_h, side_w = min(h, tile + self.multiple - 1), min(w, tile + self.multiple - 1)
+        act = per * side_h * side_w if tile else 0
+        host = 4 * c * h * w * (1 + s * s)
+        return act + (host if self.device.type == "cpu" else 0)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _bytes_per_pixel(self) -> int:
+        per = bytes_per_input_pixel(self.spec, self.config, self.scale)
+        if self.precision != "fp32" and self.device.type == "cpu":
+            per = per * 5 // 2  # CPU autocast keeps float32 and bfloat16 copies: measured 2.1x
+        if self.tta:
+            per += 2 * 4 * 3 * self.scale * self.scale  # the running sum and one transformed output
+        return per
+
+    def _min_tile(self) -> int:
+        m = self.multiple
+        return -(-max(MIN_TILE, 4 * m, 2 * self.overlap + m) // m) * m
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on a whole (1,1|3,h,w) image on the device; TTA averages the 8 transforms."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if not self.tta:
+            return self._model_call(x)
+        acc = self._model_call(x)
+        for k in range(1, 8):
+            acc += dihedral_inverse(self._model_call(dihedral(x, k)), k)
+        return acc.div_(8)
+
+    def _model_call(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = PRECISIONS[self.precision]
+        if dtype == torch.bfloat16 and self.device.type == "cpu" and not self.bf16_checked:
+            self.bf16_checked = True
+            if not _cpu_has_bf16():
+                self.warn("this CPU has no bfloat16 instructions: --precision bf16 is emulated and "
+                          "slower than fp32 here")
+        if dtype != torch.float32 and not self.half_failed:
+            with torch.autocast(self.device.type, dtype=dtype):
+                y = self.model(x)
+            y = y.float()
+            if bool(torch.isfinite(y).all()):
+                return y
+            # SwinIR's attention overflows fp16 on some inputs: redo in fp32, never write black.
+            self.half_failed = True
+            self.warn(f"--precision {self.precision} gave inf/NaN with {self.spec.name}; "
+                      "running in fp32 instead")
+        y = self.model(x).float()
+        if not bool(torch.isfinite(y).all()):
+            raise CheckpointError(f"the {self.spec.name} model's output holds inf/NaN even in fp32 "
+                                  "(broken weights?)")
+        return y
 
     def _run_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         _, c, h, w = x.shape
         s = self.scale
-        out = torch.zeros(1, c, h * s, w * s, device=x.device)
-        norm = torch.zeros(1, 1, h * s, w * s, device=x.device)
-        tiles = tile_grid(h, w, tile, self.overlap, self.multiple)
-        for i, t in enumerate(tiles):
-            y = self._model_call(x[:, :, t.y0:t.y1, t.x0:t.x1])
-            wy = _ramp((t.y1 - t.y0) * s, t.y0 == 0, t.y1 == h, self.overlap * s, x.device)
-            wx = _ramp((t.x1 - t.x0) * s, t.x0 == 0, t.x1 == w, self.overlap * s, x.device)
-            wgt = wy[:, None] * wx[None, :]
-            out[:, :, t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] += y * wgt
-            norm[:, :, t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] += wgt
-            if self.progress:
-                self.progress(i + 1, len(tiles))
-        return out / norm
+        out_bytes = 4 * c * h * w * s * s
+        free = available_memory(torch.device("cpu"))
+        # Checked first: on Linux an allocation too large tends to summon the OOM killer
+        # rather than fail.
+        if out_bytes > free:
+            raise InputError(f"not enough memory for the x{s} output ({w * s}x{h * s} needs "
+                             f"{_gb(out_bytes)}, {_gb(free)} free)")
+        out = torch.zeros(1, c, h * s, w * s)
+        transforms = range(8) if self.tta else range(1)
+        total, done = len(transforms) * len(tile_spans(h, tile, self.overlap, self.multiple)) * len(
+            tile_spans(w, tile, self.overlap, self.multiple)), 0
+        for k in transforms:
+            # Each transform is tiled as the transformed image would be on its own, so that
+            # SwinIR's windows fall where an untiled run of that transform puts them.
+            rows_forward, cols_forward = _axis_directions(k)
+            rows = _anchored_spans(h, tile, self.overlap, self.multiple, rows_forward)
+            cols = _anchored_spans(w, tile, self.overlap, self.multiple, cols_forward)
+            wy = blend_weights(rows, h, self.overlap, s)
+            wx = blend_weights(cols, w, self.overlap, s)
+            for (y0, y1), ry in zip(rows, wy):
+                for (x0, x1), rx in zip(cols, wx):
+                    piece = x[:, :, y0:y1, x0:x1].to(self.device)
+                    if c == 1:
+                        piece = piece.expand(-1, 3, -1, -1)
+                    y = dihedral_inverse(self._model_call(dihedral(piece, k)), k).cpu()
+                    if c == 1:
+                        y = y.mean(1, keepdim=True)
+                    wgt = ry[:, None] * rx[None, :]
+                    out[:, :, y0 * s:y1 * s, x0 * s:x1 * s].addcmul_(y, wgt / len(transforms) if self.tta else wgt)
+                    done += 1
+                    if self.progress:
+                        self.progress(done, total)
+        return out

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import click
 import typer
+from rich.markup import escape
 
 from ..errors import SrkdError
 from .console import err_console
@@ -58,13 +59,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SrkdError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except Exception as e:  # a bug, not a user error: still one line, traceback on request
         if debug:
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )
