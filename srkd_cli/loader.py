@@ -10,12 +10,7 @@ import torch
 from .checkpoint import LoadedModel, load_checkpoint
 from .errors import ConfigError
 
-DEFAULT_FAMILY = "squeezesr"
-
-
-def default_model_name(scale: int) -> str:
-    """The bundled model `srkd upscale` uses when none is named."""
-    return f"{DEFAULT_FAMILY}-x{scale}"
+DEFAULT_FAMILY = "squeezesr"  # the bundled models `srkd upscale` uses when none is named
 
 
 def load_model(
@@ -32,10 +27,12 @@ def load_model(
     if weights is not None:
         return load_checkpoint(weights, scale=scale, device=device)
     zoo = get_zoo()
-    name = model or default_model_name(scale or 2)
-    if Path(name).expanduser().is_file():
-        return load_checkpoint(Path(name).expanduser(), scale=scale, device=device)
-    entry = zoo.get(name, scale=scale)
+    if model is None:
+        entry = zoo.get(DEFAULT_FAMILY, scale=scale or 4)
+    elif Path(model).expanduser().is_file():
+        return load_checkpoint(Path(model).expanduser(), scale=scale, device=device)
+    else:
+        entry = zoo.get(model, scale=scale)
     path = zoo.resolve(entry.name)
     lm = load_checkpoint(path, scale=entry.scale, device=device)
     lm.metadata.setdefault("zoo_name", entry.name)

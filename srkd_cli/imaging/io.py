@@ -436,7 +436,10 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
     channels = img_rgb.shape[1]
     icc = icc_profile if icc_profile and _icc_fits(icc_profile, channels) else None
     exif = _normalise_exif(exif)
-    data = _encode(arr, bits, fmt, icc, exif, quality)
+    try:
+        data = _encode(arr, bits, fmt, icc, exif, quality)
+    except (ValueError, OSError) as e:  # e.g. WebP's 16383-pixel limit
+        raise OutputError(f"{path}: cannot encode as {fmt} ({_one_line(e)})") from None
     _write_atomically(path, data, overwrite)
     return path
 
@@ -458,9 +461,14 @@ def _output_format(path: Path, format: Optional[str]) -> str:
 def _quantise(x: torch.Tensor, bits: int) -> np.ndarray:
     """(C, H, W) float -> (H, W, C) uint8/uint16, rounding to nearest."""
     top = 65535.0 if bits == 16 else 255.0
-    q = x.nan_to_num(0.0).clamp_(0, 1).mul_(top).round_()
-    arr = q.numpy().astype(np.uint16 if bits == 16 else np.uint8)
-    return np.ascontiguousarray(arr.transpose(1, 2, 0))
+    dtype = np.uint16 if bits == 16 else np.uint8
+    c, h, w = x.shape
+    out = np.empty((h, w, c), dtype)
+    # In bands of rows: a full-size float copy of a large output would double the peak memory.
+    for y in range(0, h, 256):
+        q = x[:, y:y + 256].nan_to_num(0.0).clamp_(0, 1).mul_(top).round_()
+        out[y:y + 256] = q.permute(1, 2, 0).numpy().astype(dtype)
+    return out
 
 
 def _icc_fits(icc: bytes, channels: int) -> bool:
