@@ -440,3 +440,50 @@ def test_sha256_file(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(b"abc" * 1000)
     assert sha256_file(f) == sha(b"abc" * 1000)
+
+
+def test_distill_and_upscale_resolve_zoo_names_with_no_other_flag(env, hub, monkeypatch, tmp_path, run_cli):
+    """`srkd distill --teacher swinir4 --scale 2` and `srkd upscale --model NAME` go through the zoo."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from srkd_cli.archs import build_model
+
+    tiny = dict(blocks=2, embed_dim=12, depth=2, num_heads=2, window_size=4)
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save({"params": build_model("swinir", 2, **tiny).state_dict()}, buf)  # official release layout
+    teacher = buf.getvalue()
+    hub.add_repo("srkd-test/teachers", {"swinir4_x2.pth": teacher})
+    hub.add_file("student.pth", teacher)
+    cfg = "config = { blocks = 2, embed_dim = 12, depth = 2, num_heads = 2, window_size = 4 }\n"
+    body = (
+        f'[models."swinir4-x2"]\narch = "swinir"\nscale = 2\n{cfg}'
+        f'sources = [{hf("srkd-test/teachers", "swinir4_x2.pth", sha=sha(teacher))}]\n'
+        f'[models."swinir-s3-kd-x2"]\narch = "swinir"\nscale = 2\n{cfg}'
+        f'sources = [{url(hub.url + "/files/student.pth", sha(teacher))}]\n'
+    )
+    zoo = write_zoo(env, body)
+    monkeypatch.setattr(zoo_mod, "get_zoo", lambda: zoo)
+
+    data = tmp_path / "train"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    code, _, err = run_cli(
+        "distill", "--teacher", "swinir4", "--scale", "2", "--student", "swinir", "--student-blocks", "1",
+        "--data", data, "--steps", "2", "--batch", "2", "--patch", "8", "--out", tmp_path / "run",
+        "--device", "cpu", "--quiet",
+    )
+    assert code == 0, err
+    assert (tmp_path / "run" / "final.safetensors").is_file()
+    assert hub.requests("GET", hub.resolve_path("srkd-test/teachers", "swinir4_x2.pth"))
+
+    out = tmp_path / "up.png"
+    code, _, err = run_cli("upscale", data / "0.png", "-o", out, "--model", "swinir-s3-kd-x2", "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert Image.open(out).size == (80, 80)
