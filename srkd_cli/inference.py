@@ -53,25 +53,6 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"--device {name}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
 
 
-def tune_cpu_allocator(limit: int = 1 << 30) -> bool:
-    """Let glibc serve and keep allocations up to `limit` bytes from its heap.
-
-    By default it maps every block over 32 MB afresh and unmaps it when freed, so a forward
-    pass page-faults all its large activations in again each time: measured 1.5-3x CPU time
-    on big images. A process that runs many forward passes (the CLI) calls this once; where
-    the C library is not glibc it does nothing and returns False.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
-    except (OSError, AttributeError):
-        return False
-
-
 def available_memory(device: torch.device) -> int:
     """Bytes free for new tensors on `device` now (CPU: the kernel's MemAvailable)."""
     if device.type == "cuda":

@@ -760,3 +760,17 @@ def test_torchrun_shards_files_across_ranks(tmp_path, weights):
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("upscaled 5 of 5 image(s)") == 1
     assert len(list((tmp_path / "out2").iterdir())) == 5
+
+
+@pytest.mark.parametrize("backend", ["torch-opt", "onnxruntime"])
+def test_backends_give_the_torch_output(run_cli, tmp_path, set5, backend):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime", reason="the optional extra srkd[onnx] is not installed")
+    src = set5 / "LR_bicubic" / "X2" / "birdx2.png"
+    outs = {}
+    for b in ("torch", backend):
+        outs[b] = tmp_path / f"{b}.png"
+        code, _, err = run_cli("upscale", src, "-o", outs[b], "--scale", "2", "--backend", b, "--device", "cpu", "--quiet")
+        assert code == 0, err
+    a, b = (np.asarray(PILImage.open(p)).astype(int) for p in outs.values())
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1

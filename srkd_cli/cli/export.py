@@ -1,12 +1,33 @@
-"""`srkd export`."""
+"""`srkd export`: a model to ONNX or TorchScript, checked against PyTorch before it is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 from . import app
-from .notbuilt import not_built
+from .console import console
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export(ctx: typer.Context) -> None:
-    """Export a model to ONNX or TorchScript (not built yet)."""
-    not_built("export", "export")
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A zoo model (`srkd models`) or a weights file (.safetensors or .pth)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The file to write (.onnx or .pt)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript."),
+    scale: Optional[int] = typer.Option(None, "--scale", "-s", help="Pick the xS model of a family (e.g. swinir4 -s 2)."),
+    opset: int = typer.Option(17, help="ONNX opset (17 or newer)."),
+    fuse: bool = typer.Option(False, "--fuse", help="Re-parameterise SqueezeSR first (same outputs, fewer ops)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+) -> int:
+    """Export a model with dynamic batch, height and width; outputs match PyTorch to 1e-4."""
+    from ..export import export as do_export
+
+    r = do_export(model, output, fmt=fmt.lower(), scale=scale, opset=opset, fuse=fuse, overwrite=overwrite)
+    console.print(
+        f"wrote {r.path} ({r.format}, {r.arch} x{r.scale}, {r.bytes / 1e6:.2f} MB); "
+        f"max difference from PyTorch {r.max_abs_diff:.1e}",
+        highlight=False,
+    )
+    return 0

@@ -20,11 +20,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS
-from ..inference import Upscaler, pick_device, tune_cpu_allocator
+from ..backends import prepare, tune_cpu_allocator
+from ..inference import Upscaler, pick_device
 from ..loader import load_model
 from ..upscale import ALPHA_MODES, FileResult, Job, OutputOptions, collect_inputs, plan_jobs, run_jobs
 from . import app
 from .console import console, err_console
+
+
+UPSCALE_BACKENDS = ("torch", "torch-opt", "onnxruntime")
 
 
 def parse_tile(tile: str):
@@ -77,6 +81,7 @@ def upscale(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse inputs claiming more pixels (decompression-bomb guard)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write per-file records as JSON to this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    backend: str = typer.Option("torch", "--backend", help="torch, torch-opt or onnxruntime (pip install 'srkd[onnx]'); same output to 1e-4."),
 ) -> int:
     """Upscale images with a super-resolution model."""
     if scale is not None and scale not in (2, 3, 4):
@@ -89,7 +94,7 @@ def upscale(
     try:
         everything, s = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
                                      alpha, OutputOptions(output, suffix, fmt, quality, overwrite), recursive,
-                                     max_pixels, quiet)
+                                     max_pixels, quiet, backend, threads)
     except SrkdError as e:
         if env.is_main:
             raise
@@ -124,7 +129,7 @@ def upscale(
 
 
 def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
-                 alpha, opts: OutputOptions, recursive, max_pixels, quiet) -> Tuple[List[FileResult], int]:
+                 alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="torch", threads=None) -> Tuple[List[FileResult], int]:
     """Every rank's results (rank 0: all of them, plan failures included) and the scale."""
     dev = rank_device(env, pick_device(device))
     if dev.type == "cpu":
@@ -132,7 +137,12 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
     init_process_group(env, dev)
     lm = load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev)
     s = lm.scale
-    upscaler = Upscaler(lm.model, lm.spec, lm.config, dev, precision, parse_tile(tile), tile_overlap, tta)
+    if backend not in UPSCALE_BACKENDS:
+        raise ConfigError(f"--backend {backend}: choose {', '.join(UPSCALE_BACKENDS)}")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise ConfigError("--backend onnxruntime runs fp32 only")
+    runner = prepare(lm.model, backend, dev, threads=threads)
+    upscaler = Upscaler(runner, lm.spec, lm.config, dev, precision, parse_tile(tile), tile_overlap, tta)
 
     def plan() -> Tuple[List[Job], List[FileResult]]:
         files, missing = collect_inputs(inputs, recursive)

@@ -1,0 +1,196 @@
+"""Exporting a model to ONNX or TorchScript, checked against PyTorch before the file appears.
+
+Both formats take any batch size and any height and width. The graph is traced on an input
+whose sides are *not* multiples of the model's window (`trace_example`), so SwinIR's padding
+branch is recorded, with pad amounts computed from the input's shape; its shifted-window
+mask is built from the shape inside the graph too. Every export is then run on two input
+sizes, one of them a multiple of the window, and must match the PyTorch output to 1e-4 (max
+abs) before it is written, atomically, with srkd metadata (arch, scale, config) inside.
+
+ONNX needs the optional extra: `pip install "srkd[onnx]"` (onnx and onnxruntime).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, OutputError
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_OPSET = 17
+TOLERANCE = 1e-4
+META_KEY = "srkd"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    arch: str
+    scale: int
+    max_abs_diff: float  # exported vs PyTorch, over the check inputs
+    bytes: int
+
+
+def _window(model: nn.Module) -> int:
+    return int(getattr(model, "window_size", 1) or 1)
+
+
+def trace_example(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """A small input whose height and width are not multiples of the model's window (see module doc)."""
+    ws = _window(model)
+    h, w = (2 * ws + 3, 2 * ws + 5) if ws > 1 else (19, 23)
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(batch, 3, h, w, generator=g)
+
+
+def _check_inputs(model: nn.Module) -> Tuple[torch.Tensor, ...]:
+    ws = _window(model)
+    g = torch.Generator().manual_seed(1)
+    return trace_example(model), torch.rand(2, 3, 3 * ws if ws > 1 else 24, 4 * ws if ws > 1 else 17, generator=g)
+
+
+def _metadata(model: nn.Module, meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"scale": int(model.scale), "window": _window(model), **(meta or {})}
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError('ONNX export needs onnx and onnxruntime: pip install "srkd[onnx]"') from None
+
+
+def onnx_bytes(model: nn.Module, meta: Optional[Dict[str, Any]] = None, opset: int = DEFAULT_OPSET) -> bytes:
+    """`model` as a serialized ONNX graph with dynamic N, H, W and srkd metadata."""
+    _require_onnx()
+    import onnx
+
+    if opset < 17:
+        raise ConfigError(f"--opset {opset}: srkd exports need opset 17 or newer (LayerNorm)")
+    model = model.eval().cpu()
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter: the dynamo one needs onnxscript, which srkd does not depend on.
+        # Its warnings are about traced Python conditions, which the checks after export cover.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (trace_example(model),), buf, dynamo=False, opset_version=opset,
+            input_names=["lr"], output_names=["sr"], do_constant_folding=True,
+            dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(_metadata(model, meta), sort_keys=True)
+    proto.producer_name = "srkd"
+    return proto.SerializeToString()
+
+
+def torchscript_module(model: nn.Module) -> torch.jit.ScriptModule:
+    """`model` traced (not frozen, so it can still move between devices)."""
+    model = model.eval().cpu()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model, trace_example(model), check_trace=False)
+
+
+def _max_diff(model: nn.Module, run) -> float:
+    worst = 0.0
+    with torch.no_grad():
+        for x in _check_inputs(model):
+            ref = model(x)
+            got = run(x)
+            if got.shape != ref.shape:
+                return float("inf")
+            worst = max(worst, (got - ref).abs().max().item())
+    return worst
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write it ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_model(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    fmt: str = "onnx",
+    meta: Optional[Dict[str, Any]] = None,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = True,
+) -> ExportResult:
+    """Export a torch SR model to `path`, after checking the export reproduces it to 1e-4."""
+    from .backends import OnnxModel
+
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose {' or '.join(FORMATS)}")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name, e.g. {path / ('model.' + ('onnx' if fmt == 'onnx' else 'pt'))}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: exists (use --overwrite to replace it)")
+    model = model.eval().cpu()
+    meta = _metadata(model, meta)
+    if fmt == "onnx":
+        data = onnx_bytes(model, meta, opset)
+        runner = OnnxModel(data, device="cpu")
+        diff = _max_diff(model, runner)
+        write = lambda p: p.write_bytes(data)  # noqa: E731
+    else:
+        traced = torchscript_module(model)
+        diff = _max_diff(model, traced)
+        extra = {f"{META_KEY}.json": json.dumps(meta, sort_keys=True)}
+        write = lambda p: torch.jit.save(traced, str(p), _extra_files=extra)  # noqa: E731
+    if not diff <= TOLERANCE:
+        raise OutputError(f"{path}: the {fmt} export differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}); not written")
+    _atomic_write(path, write)
+    return ExportResult(path, fmt, str(meta.get("arch", type(model).__name__)), int(model.scale), diff, path.stat().st_size)
+
+
+def export(
+    name: str,
+    output: Union[str, os.PathLike],
+    fmt: str = "onnx",
+    scale: Optional[int] = None,
+    opset: int = DEFAULT_OPSET,
+    fuse: bool = False,
+    overwrite: bool = True,
+) -> ExportResult:
+    """Export a zoo model or weights file (`name`) to `output`.
+
+    `fuse` exports SqueezeSR re-arranged for the format's runtime (archs/fuse.py): for ONNX
+    the split residual stream, for TorchScript the merged expands. Same outputs, faster.
+    """
+    from .archs.fuse import reparameterize, split_stream
+    from .loader import load_model
+
+    lm = load_model(name, scale=scale, device="cpu")
+    model = (split_stream if fmt == "onnx" else reparameterize)(lm.model) if fuse else lm.model
+    meta = {
+        "arch": lm.spec.name,
+        "config": lm.config,
+        "source": str(lm.metadata.get("zoo_name") or lm.path or name),
+        "fused": bool(fuse and model is not lm.model),
+    }
+    return export_model(model, output, fmt, meta=meta, opset=opset, overwrite=overwrite)
+
+
+__all__ = ["DEFAULT_OPSET", "ExportResult", "FORMATS", "TOLERANCE", "export", "export_model", "onnx_bytes",
+           "torchscript_module", "trace_example"]
