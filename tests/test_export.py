@@ -152,8 +152,11 @@ def test_export_refuses_a_broken_export(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["torch-opt", "torchscript", "onnxruntime"])
-def test_every_backend_computes_the_same_function(backend):
+def test_every_backend_computes_the_same_function(backend, monkeypatch):
+    from srkd_cli import backends
     from srkd_cli.backends import HaloTiles, prepare
+
+    monkeypatch.setattr(backends, "_ALLOCATOR_TUNED", False)  # an earlier in-process `srkd upscale` may have tuned it
 
     if backend == "onnxruntime" and not HAVE_ORT:
         pytest.skip('onnxruntime not installed (pip install "srkd[onnx]")')
