@@ -12,7 +12,7 @@ BUNDLED = [e for e in get_zoo().list() if get_zoo().where(e.name) == "bundled"]
 
 def test_default_models_are_bundled():
     names = {e.name for e in BUNDLED}
-    assert {"squeezesr-x2", "squeezesr-x4"} <= names
+    assert {"squeezesr-x2", "squeezesr-x3", "squeezesr-x4"} <= names
 
 
 @pytest.mark.parametrize("entry", BUNDLED, ids=[e.name for e in BUNDLED])
