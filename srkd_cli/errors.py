@@ -27,7 +27,3 @@ class ConfigError(SrkdError):
 
 class OutputError(SrkdError):
     """An output that cannot be written (exists without --overwrite, unwritable folder)."""
-
-
-class NotBuiltError(SrkdError):
-    """A subcommand or feature that this version of srkd does not have yet."""
