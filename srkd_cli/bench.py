@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 RECORD_KEYS = (
@@ -506,14 +507,7 @@ def write_json(records: Sequence[Dict[str, Any]], path: Union[str, os.PathLike])
     if str(path) == "-":
         sys.stdout.write(text)
         return
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 __all__ = ["BICUBIC_ROWS", "BenchRecords", "RECORD_KEYS", "ResolvedModel", "count_macs", "parse_size",

@@ -8,7 +8,6 @@ config, the scale and the provenance. Foreign files are canonicalised in one pla
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -16,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 
 from .archs import ArchSpec, SRModel, detect_arch, get_arch
+from .atomic import atomic_write
 from .errors import CheckpointError, InputError
 
 FORMAT_VERSION = "1"
@@ -144,11 +144,4 @@ def save_checkpoint(
     }
     if provenance:
         meta["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(sd, str(tmp), metadata=meta)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))

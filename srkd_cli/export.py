@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import ConfigError, OutputError
 
 FORMATS = ("onnx", "torchscript")
@@ -117,15 +118,10 @@ def _max_diff(model: nn.Module, run) -> float:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as e:
         raise OutputError(f"{path}: cannot write it ({e.strerror or e})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_model(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shlex
 import signal
 import sys
@@ -38,6 +37,7 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..archs import SCALES, SRModel, count_params, get_arch
+from ..atomic import atomic_write
 from ..checkpoint import save_checkpoint
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
@@ -174,12 +174,7 @@ class _Stopper:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _logged_step(line: str) -> float:
