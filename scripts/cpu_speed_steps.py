@@ -12,8 +12,12 @@ Rows (each adds one change to the row above, unless it says otherwise):
   fused, tiles T       + cache-sized tiles with an exact halo (backends.HaloTiles)  <- `--backend torch-opt`
   onnxruntime G        the model exported to ONNX as graph G, whole image, all threads on each op:
                        G = plain, fused (archs.fuse.reparameterize) or split (archs.fuse.split_stream)
-  onnxruntime G, strips   one strip (with halo) per thread, one thread each
-                       (`--backend onnxruntime` is "split, strips")
+  ... no symbolic shapes   the split graph exported without symbolic shapes (export._with_symbolic_shapes)
+  ... shuffle outside  split graph without its pixel shuffle (archs.fuse.Subpixel), shuffled by torch
+  ... strips           + one strip (with halo) per thread, one single-threaded session each,
+                       shuffled while copied into place (backends.HaloTiles)
+  ... pieces HxW       + pieces of at most HxW instead of strips (`--ort-tiles`; the default,
+                       backends.ORT_CPU_TILE, is `--backend onnxruntime`)
   torchscript          traced, frozen, optimize_for_inference (plain model)
   compile              torch.compile (inductor, freezing) of the fused channels_last model (with --compile)
 
@@ -33,8 +37,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.archs import build_model  # noqa: E402
-from srkd_cli.archs.fuse import receptive_radius, reparameterize  # noqa: E402
-from srkd_cli.backends import HaloTiles, onnx_runner, prepare, tune_cpu_allocator  # noqa: E402
+from srkd_cli.archs.fuse import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
+from srkd_cli.backends import ORT_CPU_TILE, HaloTiles, OnnxModel, onnx_runner, prepare, tune_cpu_allocator  # noqa: E402
 from srkd_cli.bench import parse_size, run_bench, write_json  # noqa: E402
 
 
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--tiles", default="128,256", help="tile sizes to try, comma-separated")
+    ap.add_argument("--ort-tiles", default="128x128,256x256",
+                    help="onnxruntime piece bounds to try besides the default, HxW comma-separated")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--tune-malloc", action="store_true", help="backends.tune_cpu_allocator() first")
@@ -94,12 +100,22 @@ def main() -> None:
     ]
     rows += [(f"fused, tiles {t}", HaloTiles(fused_cl, args.scale, halo, (t, t)), plain) for t in tiles]
     if not args.no_onnx:
-        graphs = ("plain", "fused", "split")
-        rows += [(f"onnxruntime {g}", onnx_runner(plain, threads=args.threads, graph=g, strips=False), plain)
-                 for g in graphs]
-        if torch.get_num_threads() > 1:
-            rows += [(f"onnxruntime {g}, strips", onnx_runner(plain, threads=args.threads, graph=g), plain)
-                     for g in graphs]
+        from srkd_cli.export import onnx_bytes
+
+        n = torch.get_num_threads()
+        split = split_stream(plain)
+        rows += [(f"onnxruntime {g}", OnnxModel.from_torch(m, threads=n), plain)
+                 for g, m in (("plain", plain), ("fused", reparameterize(plain)))]
+        rows += [("onnxruntime split, no symbolic shapes",
+                  OnnxModel(onnx_bytes(split, symbolic_shapes=False), threads=n), plain),
+                 ("onnxruntime split", OnnxModel.from_torch(split, threads=n), plain),
+                 ("... shuffle outside", onnx_runner(plain, threads=n, pieces=False), plain)]
+        if n > 1:
+            one = OnnxModel.from_torch(Subpixel(split), threads=1, meta={"subpixel": True})
+            bounds = [ORT_CPU_TILE] + [tuple(int(v) for v in t.split("x")) for t in args.ort_tiles.split(",") if t]
+            rows.append(("... strips", HaloTiles(one, args.scale, halo, None, workers=n), plain))
+            rows += [(f"... pieces {h}x{w}" + (" (--backend onnxruntime)" if (h, w) == ORT_CPU_TILE else ""),
+                      HaloTiles(one, args.scale, halo, (h, w), workers=n), plain) for h, w in dict.fromkeys(bounds)]
     x = torch.rand(1, 3, size[1], size[0])
     rows.append(("torchscript", prepare(plain, "torchscript", example=x), plain))
     if args.compile:

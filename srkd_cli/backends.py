@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, InputError
@@ -29,7 +30,7 @@ BACKEND_HELP = {
     "torch": "eager PyTorch as loaded (inference mode, NCHW, float32)",
     "torch-opt": "eager PyTorch, re-parameterised (SqueezeSR), channels_last, cache-sized tiles (SqueezeSR)",
     "onnxruntime": "exported to ONNX (SqueezeSR re-arranged for it), run by onnxruntime; on the CPU, SqueezeSR "
-                   "in one strip per thread",
+                   "in cache-sized pieces, one single-threaded session per thread",
     "torchscript": "traced, frozen and optimize_for_inference'd TorchScript",
     "compile": "torch.compile (inductor, freezing) of the torch-opt model without tiles; compiles on the first call",
 }
@@ -87,6 +88,8 @@ class OnnxModel:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise CheckpointError(f"{self.path or 'ONNX model'}: expected one (N,3,H,W) input, got {[i.shape for i in inputs]}")
         self._input = inputs[0].name
+        # A graph that stops before its pixel shuffle (archs.fuse.Subpixel) says so in its metadata.
+        self.subpixel_output = bool(self.metadata.get("subpixel"))
 
     def _make_session(self, device: torch.device):
         ort = self._ort
@@ -123,10 +126,15 @@ class OnnxModel:
                 self.device = dev
         return self
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def run_subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph's own output: (N,3*s*s,h,w) before the pixel shuffle if `subpixel_output`, else the image."""
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (y,) = self._session.run(None, {self._input: arr})
         return torch.from_numpy(y).to(x.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.run_subpixel(x)
+        return F.pixel_shuffle(y, self.scale) if self.subpixel_output else y
 
     forward = __call__
 
@@ -194,8 +202,13 @@ class HaloTiles(nn.Module):
         self._pool = None
 
     def pieces(self, hh: int, ww: int) -> List[Tuple[int, int, int, int]]:
-        """(y0, x0, y1, x1) of each piece; without a tile, one full-width strip per worker."""
+        """(y0, x0, y1, x1) of each piece; without a tile, one full-width strip per worker.
+
+        `tile` is an upper bound: the image is cut into as few pieces as it allows, of equal
+        size (to a pixel), so no thin remainder pays a whole halo for a few rows.
+        """
         th, tw = self.tile or (-(-hh // self.workers), ww)
+        th, tw = -(-hh // -(-hh // th)), -(-ww // -(-ww // tw))
         return [(y0, x0, min(y0 + th, hh), min(x0 + tw, ww)) for y0 in range(0, hh, th) for x0 in range(0, ww, tw)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +218,7 @@ class HaloTiles(nn.Module):
         if len(pieces) == 1:
             return self.inner(x)
         out = x.new_empty(n, c, hh * s, ww * s)
+        subpixel = bool(getattr(self.inner, "subpixel_output", False))
 
         # Grad and inference modes are per thread: workers take the caller's.
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -213,8 +227,15 @@ class HaloTiles(nn.Module):
             y0, x0, y1, x1 = piece
             a, b = max(0, y0 - r), max(0, x0 - r)
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                y = self.inner(x[:, :, a:min(hh, y1 + r), b:min(ww, x1 + r)])
-                out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = y[:, :, (y0 - a) * s:(y1 - a) * s, (x0 - b) * s:(x1 - b) * s]
+                piece_in = x[:, :, a:min(hh, y1 + r), b:min(ww, x1 + r)]
+                dst = out[:, :, y0 * s:y1 * s, x0 * s:x1 * s]
+                if subpixel:  # shuffle while copying into place: one pass over the output, not two
+                    y = self.inner.run_subpixel(piece_in)[:, :, y0 - a:y1 - a, x0 - b:x1 - b]
+                    h, w = y1 - y0, x1 - x0
+                    dst.unflatten(3, (w, s)).unflatten(2, (h, s)).copy_(y.unflatten(1, (c, s, s)).permute(0, 1, 4, 2, 5, 3))
+                else:
+                    y = self.inner(piece_in)
+                    dst.copy_(y[:, :, (y0 - a) * s:(y1 - a) * s, (x0 - b) * s:(x1 - b) * s])
 
         if self.workers > 1:
             if self._pool is None:
@@ -235,6 +256,10 @@ class HaloTiles(nn.Module):
 
 # Input pixels: measured best of 64/96/128/192/256 on a 2-core EPYC (docs/performance.md).
 CPU_TILE = 128
+# onnxruntime's pieces (height, width bounds; HaloTiles evens them out): small enough that two
+# workers' activations stay in the caches, large enough that the halo adds ~14 % work, not more.
+# Measured against whole strips and 128..256-pixel pieces in docs/performance.md.
+ORT_CPU_TILE = (144, 176)
 
 
 def optimize(model: nn.Module, device: Union[str, torch.device] = "cpu", tile: Union[int, str, None] = "auto") -> nn.Module:
@@ -263,16 +288,16 @@ ONNX_GRAPHS = ("plain", "fused", "split")
 
 
 def onnx_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
-                graph: str = "split", strips: bool = True):
+                graph: str = "split", pieces: bool = True):
     """The fastest onnxruntime form of `model`: what `--backend onnxruntime` runs.
 
     The model is exported in memory, SqueezeSR in the form `graph` names: "split" (default,
     `archs.fuse.split_stream`), "fused" (`reparameterize`) or "plain". On the CPU with more than
-    one thread, a model with a small receptive field (SqueezeSR) runs as one strip per thread,
-    each on a single-threaded session (`HaloTiles` with `workers`), when `strips`; anything
-    else runs whole on one session with `threads` intra-op threads.
+    one thread, a model with a small receptive field (SqueezeSR) runs in cache-sized pieces
+    (`ORT_CPU_TILE`), spread over one single-threaded session per thread (`HaloTiles` with
+    `workers`), when `pieces`; anything else runs whole on one session with `threads` intra-op threads.
     """
-    from .archs.fuse import receptive_radius, reparameterize, split_stream
+    from .archs.fuse import SplitSqueezeSR, Subpixel, receptive_radius, reparameterize, split_stream
 
     if graph not in ONNX_GRAPHS:
         raise ConfigError(f"graph {graph!r}: choose one of {', '.join(ONNX_GRAPHS)}")
@@ -281,9 +306,12 @@ def onnx_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", thre
     radius = receptive_radius(model)
     form = {"plain": lambda m: m, "fused": reparameterize, "split": split_stream}[graph]
     src = copy.deepcopy(form(model)).cpu().eval()
-    if strips and device.type == "cpu" and radius is not None and n > 1:
-        return HaloTiles(OnnxModel.from_torch(src, threads=1), model.scale, radius, None, workers=n)
-    return OnnxModel.from_torch(src, device=device, threads=n)
+    meta = None
+    if isinstance(src, SplitSqueezeSR):  # the pixel shuffle is done by OnnxModel, or by HaloTiles as it copies
+        src, meta = Subpixel(src), {"subpixel": True}
+    if pieces and device.type == "cpu" and radius is not None and n > 1:
+        return HaloTiles(OnnxModel.from_torch(src, threads=1, meta=meta), model.scale, radius, ORT_CPU_TILE, workers=n)
+    return OnnxModel.from_torch(src, device=device, threads=n, meta=meta)
 
 
 def prepare(model: nn.Module, backend: str = "torch", device: Union[str, torch.device] = "cpu",

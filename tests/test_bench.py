@@ -11,7 +11,7 @@ import torch
 
 from srkd_cli import bench
 from srkd_cli.archs import build_model
-from srkd_cli.archs.fuse import FusedSqueezeSR, receptive_radius, reparameterize, split_stream
+from srkd_cli.archs.fuse import FusedSqueezeSR, Subpixel, receptive_radius, reparameterize, split_stream
 from srkd_cli.backends import HaloTiles, optimize
 from srkd_cli.checkpoint import save_checkpoint
 from srkd_cli.errors import ConfigError, ModelNotFoundError
@@ -147,6 +147,24 @@ def test_fused_and_split_squeezesr_equal_unfused(scale):
         assert (optimize(model, "cpu")(x) - ref).abs().max() < 1e-5
         split = split_stream(model)
         assert (split(x) - ref).abs().max() < 1e-5 and receptive_radius(split) == receptive_radius(model) == 5
+        sub = Subpixel(split)
+        assert sub(x).shape == (2, 3 * scale * scale, 37, 29)
+
+        class SubpixelRunner:  # a runtime that leaves the pixel shuffle to HaloTiles' copy (as OnnxModel can)
+            subpixel_output = True
+
+            def run_subpixel(self, t):
+                return sub(t)
+
+        pieces = HaloTiles(SubpixelRunner(), scale, receptive_radius(model), (16, 12), workers=2)
+        assert (pieces(x) - ref).abs().max() < 1e-5
+        # as even as the bounds allow (no 1-row remainder paying a whole halo), covering every pixel once
+        spans = pieces.pieces(37, 29)
+        assert sorted({(y1 - y0, x1 - x0) for y0, x0, y1, x1 in spans}) == [(11, 9), (11, 10), (13, 9), (13, 10)]
+        cover = torch.zeros(37, 29)
+        for y0, x0, y1, x1 in spans:
+            cover[y0:y1, x0:x1] += 1
+        assert bool((cover == 1).all())
     with torch.inference_mode():
         assert (tiled(x) - ref).abs().max() < 1e-5  # the in-place path
     # autograd still works through the fused model (no in-place ops there)

@@ -96,13 +96,25 @@ def _conv(weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int) -> n
 
 
 class SplitSqueezeSR(SRModel):
-    """SqueezeSR with its 64-channel residual stream kept as two tensors: the expand1x1 and the
-    expand3x3 channels. The same function, for graph runtimes (onnxruntime).
+    """SqueezeSR re-arranged for graph runtimes (onnxruntime): the same function, fewer memory passes.
 
-    The concatenation disappears without the merged conv's zero taps: each expand conv adds
-    into its own half, and every conv that reads the stream becomes two convs whose sum
-    onnxruntime folds into the second one (its Conv + Add fusion), as it does the ReLU after
-    the squeeze. In eager PyTorch, where nothing fuses, the extra ops cost more than they save.
+    onnxruntime folds `act(conv(x) + z)` into one convolution (its Conv + Add + ReLU fusion), but a
+    fire block's `x + ReLU(conv(s))` and every `torch.cat` are passes of their own over 64-channel
+    activations, and on a CPU those passes, not the multiply-adds, are where SqueezeSR's excess
+    time went (docs/performance.md). So:
+
+    - the 64-channel stream is kept as two tensors, `a` (the expand1x1 channels) and `b` (the
+      expand3x3 ones): no concatenation and no zero taps, and each conv that reads the stream
+      becomes two whose sum onnxruntime fuses;
+    - the stream carries `x_i + h` (h = the head's output), so the global skip costs no add
+      before the tail: the head's weights are doubled, and each squeeze after the first is
+      corrected by `-squeeze(h)`, a 3x3 conv of the input composed from the 1x1 squeeze and
+      the head (exact: both pad the same zero-padded input, and the squeeze is pointwise);
+    - the first squeeze reads the input through that composition too, so it needs no head output;
+    - the RGB mean is folded into the tail's bias.
+
+    `subpixel(x)` is the tail's output before the pixel shuffle (N, 3*s*s, h, w): a runtime that
+    copies the result into place anyway can shuffle while it copies (`backends.HaloTiles`).
     """
 
     feature_names: Tuple[str, ...] = ()
@@ -113,13 +125,17 @@ class SplitSqueezeSR(SRModel):
         n1 = model.body[0].expand1x1.out_channels
         self.register_buffer("mean", model.mean.detach().clone(), persistent=False)
         hw, hb = model.head.weight.detach(), model.head.bias.detach()
-        self.head_a, self.head_b = _conv(hw[:n1], hb[:n1], 1), _conv(hw[n1:], hb[n1:], 1)
-        self.squeeze_a, self.squeeze_b = nn.ModuleList(), nn.ModuleList()
+        self.head_a, self.head_b = _conv(2 * hw[:n1], 2 * hb[:n1], 1), _conv(2 * hw[n1:], 2 * hb[n1:], 1)
+        self.entry = nn.ModuleList()  # per block: squeeze(h) (block 1) or its correction -squeeze(h), from the input
+        self.squeeze_a, self.squeeze_b = nn.ModuleList(), nn.ModuleList()  # blocks 2..n: squeeze of the stream
         self.expand_a, self.expand_b = nn.ModuleList(), nn.ModuleList()
-        for blk in model.body:
-            w, b = blk.squeeze.weight.detach(), blk.squeeze.bias.detach()
-            self.squeeze_a.append(_conv(w[:, :n1], b, 0))
-            self.squeeze_b.append(_conv(w[:, n1:], None, 0))
+        for i, blk in enumerate(model.body):
+            w, b = blk.squeeze.weight.detach()[:, :, 0, 0], blk.squeeze.bias.detach()
+            sign = 1.0 if i == 0 else -1.0
+            self.entry.append(_conv(sign * torch.einsum("oc,cikl->oikl", w, hw), sign * (w @ hb) + b, 1))
+            if i:
+                self.squeeze_a.append(_conv(w[:, :n1, None, None], None, 0))
+                self.squeeze_b.append(_conv(w[:, n1:, None, None], None, 0))
             self.expand_a.append(copy.deepcopy(blk.expand1x1))
             self.expand_b.append(copy.deepcopy(blk.expand3x3))
         tw = model.tail[0].weight.detach()
@@ -127,15 +143,31 @@ class SplitSqueezeSR(SRModel):
         self.tail_a, self.tail_b = _conv(tw[:, :n1], tb, 1), _conv(tw[:, n1:], None, 1)
         self.shuffle = nn.PixelShuffle(self.scale)
 
-    def _forward(self, x: torch.Tensor, names):
+    def subpixel(self, x: torch.Tensor) -> torch.Tensor:
         x = x - self.mean.to(x.dtype)
-        ha, hb = self.head_a(x), self.head_b(x)
-        a, b = ha, hb
-        for sq_a, sq_b, ex_a, ex_b in zip(self.squeeze_a, self.squeeze_b, self.expand_a, self.expand_b):
-            s = F.relu(sq_a(a) + sq_b(b))
+        a, b = self.head_a(x), self.head_b(x)
+        for i, (ex_a, ex_b) in enumerate(zip(self.expand_a, self.expand_b)):
+            if i == 0:
+                s = F.relu(self.entry[0](x))
+            else:  # this order lets onnxruntime fold both adds and the ReLU into the convs
+                s = F.relu(self.squeeze_a[i - 1](a) + self.squeeze_b[i - 1](b) + self.entry[i](x))
             a = a + F.relu(ex_a(s))
             b = b + F.relu(ex_b(s))
-        return self.shuffle(self.tail_a(a + ha) + self.tail_b(b + hb)), {}
+        return self.tail_a(a) + self.tail_b(b)
+
+    def _forward(self, x: torch.Tensor, names):
+        return self.shuffle(self.subpixel(x)), {}
+
+
+class Subpixel(nn.Module):
+    """A `SplitSqueezeSR` that stops before its pixel shuffle, for export (`.scale` kept)."""
+
+    def __init__(self, model: SplitSqueezeSR):
+        super().__init__()
+        self.model, self.scale = model, model.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.subpixel(x)
 
 
 def split_stream(model: nn.Module) -> nn.Module:
@@ -154,7 +186,7 @@ def receptive_radius(model: nn.Module) -> Optional[int]:
     if isinstance(model, (FusedSqueezeSR, SqueezeSR)):
         return len(model.body) + 2
     if isinstance(model, SplitSqueezeSR):
-        return len(model.squeeze_a) + 2
+        return len(model.expand_a) + 2
     return None
 
 
@@ -170,5 +202,5 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
 
 fuse = reparameterize
 
-__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "SplitSqueezeSR", "fuse", "receptive_radius", "reparameterize",
+__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "SplitSqueezeSR", "Subpixel", "fuse", "receptive_radius", "reparameterize",
            "split_stream"]
