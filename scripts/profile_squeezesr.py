@@ -4,8 +4,8 @@
     python scripts/profile_squeezesr.py --size 512x512 --scale 2 --threads 2 [--tune-malloc]
 
 Prints, for the plain eager model (inference_mode), the re-parameterised channels_last model and
-the split-stream ONNX graph run by onnxruntime: each op kind's share of the time, with its MACs
-and achieved GMAC/s (convolutions) or GB/s of activations moved (element-wise ops).
+the split-stream ONNX graph run by onnxruntime (whole image on all threads, and one piece on one
+thread, as `--backend onnxruntime` runs it): the time per op and each op kind's share.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.archs import build_model  # noqa: E402
-from srkd_cli.archs.fuse import reparameterize, split_stream  # noqa: E402
-from srkd_cli.backends import tune_cpu_allocator  # noqa: E402
+from srkd_cli.archs.fuse import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
+from srkd_cli.backends import ORT_CPU_TILE, HaloTiles, tune_cpu_allocator  # noqa: E402
 from srkd_cli.bench import parse_size  # noqa: E402
 
 
@@ -108,6 +108,11 @@ def main() -> None:
     show(f"eager, fused channels_last, malloc {malloc}", torch_profile(reparameterize(model, channels_last=True), x, args.runs))
     try:
         show("onnxruntime, split graph, whole image", ort_profile(split_stream(model), x, args.threads, args.runs))
+        r = receptive_radius(model)
+        y0, x0, y1, x1 = HaloTiles(None, args.scale, r, ORT_CPU_TILE, workers=args.threads).pieces(h, w)[0]
+        ph, pw = min(h, y1 - y0 + 2 * r), min(w, x1 - x0 + 2 * r)
+        show(f"onnxruntime, one {y1 - y0}x{x1 - x0} piece with its halo ({ph}x{pw}), 1 thread, as --backend onnxruntime",
+             ort_profile(Subpixel(split_stream(model)), x[:, :, :ph, :pw].contiguous(), 1, 10 * args.runs))
     except ImportError:
         print("\n(onnxruntime not installed: pip install 'srkd[onnx]')")
 

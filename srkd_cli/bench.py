@@ -269,6 +269,8 @@ def _floor_rows(size: Tuple[int, int], device: torch.device, threads: Optional[i
                               input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}})
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or torch.get_num_threads()
+        # Its idle threads would otherwise spin for a while after each call, on the cores the next row needs.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
         feat = np.random.default_rng(0).random((1, 64, h, w), dtype=np.float32)
         rows.append(_Row("conv64-onnxruntime", "onnxruntime", device,
