@@ -12,12 +12,12 @@ Rows (each adds one change to the row above, unless it says otherwise):
   fused, tiles T       + cache-sized tiles with an exact halo (backends.HaloTiles)  <- `--backend torch-opt`
   onnxruntime G        the model exported to ONNX as graph G, whole image, all threads on each op:
                        G = plain, fused (archs.fuse.reparameterize) or split (archs.fuse.split_stream)
-  ... no symbolic shapes   the split graph exported without symbolic shapes (export._with_symbolic_shapes)
   ... shuffle outside  split graph without its pixel shuffle (archs.fuse.Subpixel), shuffled by torch
   ... strips           + one strip (with halo) per thread, one single-threaded session each,
                        shuffled while copied into place (backends.HaloTiles)
   ... pieces HxW       + pieces of at most HxW instead of strips (`--ort-tiles`; the default,
-                       backends.ORT_CPU_TILE, is `--backend onnxruntime`)
+                       backends.ORT_CPU_TILE, is `--backend onnxruntime`); "no symbolic shapes":
+                       the default exported without them (export._with_symbolic_shapes)
   torchscript          traced, frozen, optimize_for_inference (plain model)
   compile              torch.compile (inductor, freezing) of the fused channels_last model (with --compile)
 
@@ -106,14 +106,15 @@ def main() -> None:
         split = split_stream(plain)
         rows += [(f"onnxruntime {g}", OnnxModel.from_torch(m, threads=n), plain)
                  for g, m in (("plain", plain), ("fused", reparameterize(plain)))]
-        rows += [("onnxruntime split, no symbolic shapes",
-                  OnnxModel(onnx_bytes(split, symbolic_shapes=False), threads=n), plain),
-                 ("onnxruntime split", OnnxModel.from_torch(split, threads=n), plain),
+        rows += [("onnxruntime split", OnnxModel.from_torch(split, threads=n), plain),
                  ("... shuffle outside", onnx_runner(plain, threads=n, pieces=False), plain)]
         if n > 1:
             one = OnnxModel.from_torch(Subpixel(split), threads=1, meta={"subpixel": True})
+            no_shapes = OnnxModel(onnx_bytes(Subpixel(split), meta={"subpixel": True}, symbolic_shapes=False), threads=1)
             bounds = [ORT_CPU_TILE] + [tuple(int(v) for v in t.split("x")) for t in args.ort_tiles.split(",") if t]
             rows.append(("... strips", HaloTiles(one, args.scale, halo, None, workers=n), plain))
+            rows.append((f"... pieces {ORT_CPU_TILE[0]}x{ORT_CPU_TILE[1]}, no symbolic shapes",
+                         HaloTiles(no_shapes, args.scale, halo, ORT_CPU_TILE, workers=n), plain))
             rows += [(f"... pieces {h}x{w}" + (" (--backend onnxruntime)" if (h, w) == ORT_CPU_TILE else ""),
                       HaloTiles(one, args.scale, halo, (h, w), workers=n), plain) for h, w in dict.fromkeys(bounds)]
     x = torch.rand(1, 3, size[1], size[0])
