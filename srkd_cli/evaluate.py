@@ -16,11 +16,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from .errors import InputError
 from .imaging.imresize import bicubic_downscale_uint8, imresize
-from .imaging.io import IMAGE_SUFFIXES
+from .imaging.io import IMAGE_SUFFIXES, read_uint8
 from .metrics import psnr, ssim, to_uint8
 
 UpscaleFn = Callable[[torch.Tensor], torch.Tensor]  # (1,C,h,w) [0,1] -> (1,C,sh,sw)
@@ -53,18 +52,6 @@ class EvalRecord:
         return d
 
 
-def _read_uint8(path: Path) -> np.ndarray:
-    try:
-        with PILImage.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB" if "A" not in im.mode or im.mode == "RGBA" else "L")
-            arr = np.array(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return arr
-
-
 def _images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -72,7 +59,7 @@ def _images(folder: Path) -> List[Path]:
 def load_pairs(folder: Path, scale: int) -> List[Pair]:
     """Every (LR, HR) pair of a benchmark folder, with the checks the protocol needs.
 
-    RGBA/LA images lose alpha, 16-bit images are reduced to 8 bits (PIL conversion).
+    RGBA/LA images lose alpha, 16-bit images are rounded to 8 bits (`imaging.io.read_uint8`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,7 +72,7 @@ def load_pairs(folder: Path, scale: int) -> List[Pair]:
     lr_dir = folder / "LR_bicubic" / f"X{scale}"
     pairs = []
     for hp in hr_files:
-        hr = _read_uint8(hp)
+        hr = read_uint8(hp)
         h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
         if h == 0 or w == 0:
             raise InputError(f"{hp}: smaller than the scale x{scale}")
@@ -94,7 +81,7 @@ def load_pairs(folder: Path, scale: int) -> List[Pair]:
         if lp is None:
             lr = bicubic_downscale_uint8(hr, scale)
         else:
-            lr = _read_uint8(lp)
+            lr = read_uint8(lp)
             if lr.shape[:2] != (h // scale, w // scale):
                 raise InputError(
                     f"{lp}: is {lr.shape[1]}x{lr.shape[0]}, but HR {hp.name} / {scale} is {w // scale}x{h // scale}"
@@ -153,7 +140,7 @@ def evaluate_folder(
     for pair in pairs:
         if sr_dir is not None:
             sp = _find_sr(Path(sr_dir), pair.stem, scale)
-            sr = _read_uint8(sp)
+            sr = read_uint8(sp)
             if sr.shape[:2] != pair.hr.shape[:2]:
                 h, w = pair.hr.shape[:2]
                 if sr.shape[0] >= h and sr.shape[1] >= w and sr.shape[0] - h < scale and sr.shape[1] - w < scale:

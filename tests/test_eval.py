@@ -87,7 +87,7 @@ def test_bad_input_gets_one_clear_line(run_cli, tmp_path, set5):
         (tmp_path / "nowhere", "no such folder"),
         (empty, "no images"),
         (bad_lr, "birdx2.png: is 10x10"),
-        (not_img, "x.png: not a readable image"),
+        (not_img, "x.png: not an image srkd can read"),
     ]
     for folder, msg in cases:
         code, _, err = run_cli("eval", "--model", "bicubic", "--data", folder, "--scale", 2)

@@ -193,6 +193,30 @@ def test_data_fingerprint_and_val_set(images, val_dir, tmp_path):
         data_fingerprint([tmp_path / "empty"])
 
 
+def test_training_reads_what_upscale_reads(tmp_path):
+    """TIFF, 16-bit, gray and EXIF-rotated images are training data too (imaging.io.read_uint8)."""
+    import cv2
+
+    from srkd_cli.training.data import list_images, read_rgb_uint8
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    cv2.imwrite(str(folder / "deep.tif"), deep[..., ::-1])  # 16-bit RGB TIFF
+    Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(folder / "gray.png")
+    rot = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
+    rot.save(folder / "rot.jpg", exif=exif, quality=100)
+    assert [p.name for p in list_images(folder)] == ["deep.tif", "gray.png", "rot.jpg"]
+    got = read_rgb_uint8(folder / "deep.tif")
+    assert got.shape == (6, 5, 3) and np.array_equal(got, np.round(deep / 257).astype(np.uint8))
+    gray = read_rgb_uint8(folder / "gray.png")
+    assert (gray[..., 0] == gray[..., 2]).all()
+    assert read_rgb_uint8(folder / "rot.jpg").shape == (5, 6, 3)
+
+
 # ---------------------------------------------------------------- recipes
 
 

@@ -133,6 +133,16 @@ def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise InputError(f"{path}: corrupt or truncated image ({_one_line(e)})") from None
 
 
+def read_uint8(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`read_image` as 8-bit pixels, for evaluation and training: HxW (gray) or HxWx3 uint8.
+
+    Alpha is dropped, 16-bit samples are rounded to 8 bits, EXIF orientation is applied.
+    """
+    img = read_image(path, max_pixels)
+    arr = img.rgb[0].mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).contiguous().numpy()
+
+
 def _open_header(path: Path) -> PILImage.Image:
     """Image.open with Pillow's own bomb check off: read_image checks against its own limit
     with a message naming the file. Image.open parses only the header; nothing is decoded."""

@@ -26,12 +26,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import ConfigError, InputError
 from ..imaging.imresize import imresize
+from ..imaging.io import IMAGE_SUFFIXES, read_uint8
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # MATLAB's antialiased cubic kernel reaches 2 LR pixels out: with this margin the interior
 # of a window's LR equals the LR of the whole image.
 MARGIN = 2
@@ -47,23 +46,17 @@ def list_images(folder: PathLike) -> List[Path]:
     if not folder.is_dir():
         raise ConfigError(f"--data {folder}: not a folder")
     files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith(".")
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
     )
     if not files:
-        raise ConfigError(f"--data {folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+        raise ConfigError(f"--data {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     return files
 
 
 def read_rgb_uint8(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB; 16-bit images are reduced to 8 bits, alpha is dropped."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I;16") or im.mode == "I":
-                arr = (np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-                return np.repeat(arr[..., None], 3, axis=2)
-            return np.array(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: cannot read this image ({e})") from None
+    """HxWx3 uint8 RGB (gray repeated, alpha dropped, 16 bits rounded to 8, EXIF orientation applied)."""
+    arr = read_uint8(path)
+    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
 
 
 def data_fingerprint(folders: Sequence[PathLike]) -> str:
