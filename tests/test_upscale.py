@@ -774,3 +774,23 @@ def test_backends_give_the_torch_output(run_cli, tmp_path, set5, backend):
         assert code == 0, err
     a, b = (np.asarray(PILImage.open(p)).astype(int) for p in outs.values())
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
+def test_auto_backend_picks_the_fastest_that_computes_the_same(run_cli, tmp_path, set5, monkeypatch):
+    import sys
+
+    from srkd_cli.archs import build_model
+    from srkd_cli.backends import pick_backend
+
+    squeeze, swin = build_model("squeezesr", 2), build_model("swinir", 2, blocks=1)
+    have_ort = pick_backend(squeeze) == "onnxruntime"
+    assert pick_backend(squeeze) == ("onnxruntime" if have_ort else "torch-opt")
+    assert pick_backend(squeeze, "cpu", "bf16") == "torch"  # onnxruntime runs fp32 only
+    assert pick_backend(squeeze, "cuda") == "torch" and pick_backend(swin) == "torch"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [onnx] extra were not installed
+    assert pick_backend(squeeze) == "torch-opt"
+    monkeypatch.undo()
+    src = set5 / "LR_bicubic" / "X2" / "birdx2.png"
+    code, out, err = run_cli("upscale", src, "-o", tmp_path / "auto.png", "--scale", "2", "--device", "cpu")
+    assert code == 0, err
+    assert f"({'onnxruntime' if have_ort else 'torch-opt'})" in out

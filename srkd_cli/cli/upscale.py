@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS
-from ..backends import prepare, tune_cpu_allocator
+from ..backends import pick_backend, prepare, tune_cpu_allocator
 from ..inference import Upscaler, pick_device
 from ..loader import load_model
 from ..upscale import ALPHA_MODES, FileResult, Job, OutputOptions, collect_inputs, plan_jobs, run_jobs
@@ -28,7 +28,7 @@ from . import app
 from .console import console, err_console
 
 
-UPSCALE_BACKENDS = ("torch", "torch-opt", "onnxruntime")
+UPSCALE_BACKENDS = ("auto", "torch", "torch-opt", "onnxruntime")
 
 
 def parse_tile(tile: str):
@@ -81,7 +81,7 @@ def upscale(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse inputs claiming more pixels (decompression-bomb guard)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write per-file records as JSON to this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    backend: str = typer.Option("torch", "--backend", help="torch, torch-opt or onnxruntime (pip install 'srkd[onnx]'); same output to 1e-4."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime (pip install 'srkd[onnx]'); same output to 1e-4. auto: the fastest for the model and device."),
 ) -> int:
     """Upscale images with a super-resolution model."""
     if scale is not None and scale not in (2, 3, 4):
@@ -92,7 +92,7 @@ def upscale(
         torch.set_num_threads(threads)
     env = dist_env()
     try:
-        everything, s = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
+        everything, s, used = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
                                      alpha, OutputOptions(output, suffix, fmt, quality, overwrite), recursive,
                                      max_pixels, quiet, backend, threads)
     except SrkdError as e:
@@ -123,14 +123,14 @@ def upscale(
     if not quiet and json_out != "-":
         done = [r for r in everything if r.ok]
         secs = sum(r.seconds for r in done)
-        console.print(f"upscaled {len(done)} of {len(everything)} image(s) x{s} in {secs:.2f} s"
+        console.print(f"upscaled {len(done)} of {len(everything)} image(s) x{s} in {secs:.2f} s ({used})"
                       + (f"; {len(bad)} failed" if bad else ""), highlight=False)
     return 1 if bad else 0
 
 
 def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
-                 alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="torch", threads=None) -> Tuple[List[FileResult], int]:
-    """Every rank's results (rank 0: all of them, plan failures included) and the scale."""
+                 alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="auto", threads=None) -> Tuple[List[FileResult], int, str]:
+    """Every rank's results (rank 0: all of them, plan failures included), the scale and the backend run."""
     dev = rank_device(env, pick_device(device))
     if dev.type == "cpu":
         tune_cpu_allocator()
@@ -141,6 +141,8 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
         raise ConfigError(f"--backend {backend}: choose {', '.join(UPSCALE_BACKENDS)}")
     if backend == "onnxruntime" and precision != "fp32":
         raise ConfigError("--backend onnxruntime runs fp32 only")
+    if backend == "auto":
+        backend = pick_backend(lm.model, dev, precision)
     runner = prepare(lm.model, backend, dev, threads=threads)
     upscaler = Upscaler(runner, lm.spec, lm.config, dev, precision, parse_tile(tile), tile_overlap, tta)
 
@@ -167,4 +169,4 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
         results = run_jobs(mine, upscaler, opts, alpha, max_pixels, on_done=lambda r: bar.advance(task), rank=env.rank)
     order = {job.input: i for i, job in enumerate(jobs)}
     gathered = sorted((r for part in gather_objects(results, env) for r in part), key=lambda r: order[Path(r.input)])
-    return (failed + gathered if env.is_main else results), s
+    return (failed + gathered if env.is_main else results), s, backend
