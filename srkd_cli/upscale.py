@@ -17,7 +17,7 @@ import torch
 
 from .errors import ConfigError, InputError, OutputError, SrkdError
 from .imaging.imresize import imresize
-from .imaging.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Image, find_images, read_image, write_image
+from .imaging.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PNG_COMPRESSION, Image, find_images, read_image, write_image
 from .inference import Upscaler
 
 FORMAT_SUFFIX = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif", "bmp": ".bmp"}
@@ -33,6 +33,7 @@ class OutputOptions:
     format: Optional[str] = None  # None: the input's own format (or the -o file's suffix)
     quality: int = 95
     overwrite: bool = False
+    png_compression: int = PNG_COMPRESSION  # zlib level 0-9
 
 
 @dataclass
@@ -160,7 +161,7 @@ def _one(job: Job, upscaler: Upscaler, opts: OutputOptions, alpha_mode: str, max
     img.rgb = img.alpha = None  # the input's pixels are not needed for writing: free them early
     write_image(
         job.output, rgb, alpha, bit_depth=img.bit_depth, icc_profile=img.icc_profile, exif=img.exif,
-        format=opts.format, quality=opts.quality, overwrite=opts.overwrite,
+        format=opts.format, quality=opts.quality, overwrite=opts.overwrite, png_compression=opts.png_compression,
     )
     res.size_out = (rgb.shape[3], rgb.shape[2])
     res.ok = True

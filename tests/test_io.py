@@ -97,6 +97,24 @@ def test_png_16bit_rgb_round_trip_is_exact(tmp_path):
     assert back.dtype == np.uint16 and np.array_equal(back[:, :, ::-1], src)
 
 
+@pytest.mark.parametrize("channels,bits", [(3, 8), (1, 8), (3, 16), (2, 16)])
+def test_png_compression_level_changes_size_not_pixels(tmp_path, channels, bits):
+    """--png-compression: every zlib level decodes to the same pixels; 9 is smallest, 0 stores."""
+    yy, xx = np.mgrid[0:64, 0:96]
+    smooth = (np.stack([yy * 4, xx * 2, yy + xx], -1)[..., :max(channels, 1)] % 256).astype(np.float32) / 255
+    rgb = torch.from_numpy(smooth[..., :1 if channels < 3 else 3]).permute(2, 0, 1)[None].contiguous()
+    alpha = rgb[:, :1].flip(-1).contiguous() if channels == 2 else None
+    sizes, pixels = {}, {}
+    for level in (0, 1, 9):
+        out = write_image(tmp_path / f"l{level}.png", rgb, alpha, bits, png_compression=level)
+        sizes[level] = out.stat().st_size
+        pixels[level] = cv2.imread(str(out), cv2.IMREAD_UNCHANGED) if channels != 2 else np.asarray(PILImage.open(out))
+    assert sizes[9] <= sizes[1] < sizes[0]
+    assert all(np.array_equal(pixels[0], pixels[k]) for k in (1, 9))
+    with pytest.raises(ValueError, match="png_compression"):
+        write_image(tmp_path / "bad.png", rgb, alpha, bits, png_compression=10)
+
+
 def test_png_16bit_rgba_round_trip_is_exact(tmp_path):
     src = rand16(H, W, 4)
     cv2.imwrite(str(tmp_path / "a.png"), src[:, :, [2, 1, 0, 3]])

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
-from ..imaging.io import DEFAULT_MAX_PIXELS
+from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
 from ..backends import pick_backend, prepare, tune_cpu_allocator
 from ..inference import Upscaler, pick_device
 from ..loader import load_model
@@ -75,6 +75,8 @@ def upscale(
     suffix: Optional[str] = typer.Option(None, help="Appended to output names (default _xS)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="png, jpg, webp, tif or bmp (default: the input's)."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality (WebP 100: lossless)."),
+    png_compression: int = typer.Option(PNG_COMPRESSION, "--png-compression", min=0, max=9,
+                                        help="PNG zlib level: 1 fast (default), 9 smallest; lossless either way."),
     overwrite: bool = typer.Option(False, help="Replace existing output files (never an input)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders (kept under -o DIR)."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference."),
@@ -93,7 +95,7 @@ def upscale(
     env = dist_env()
     try:
         everything, s, used = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
-                                     alpha, OutputOptions(output, suffix, fmt, quality, overwrite), recursive,
+                                     alpha, OutputOptions(output, suffix, fmt, quality, overwrite, png_compression), recursive,
                                      max_pixels, quiet, backend, threads)
     except SrkdError as e:
         if env.is_main:

@@ -37,6 +37,9 @@ from srkd_cli.errors import InputError, OutputError
 # upscaled output is s^2 times more, so larger inputs are refused unless asked for.
 DEFAULT_MAX_PIXELS = 178_956_970
 
+# zlib level for PNG output. 1 deflates a 1024x1024 photo 4.7x faster than Pillow's default 6
+# (0.09 vs 0.43 s here, longer than SqueezeSR takes to make it) for a file 13 % larger.
+PNG_COMPRESSION = 1
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
 _SUFFIX_FORMATS = {
@@ -410,13 +413,14 @@ def _one_line(e: BaseException) -> str:
 def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[torch.Tensor] = None,
                 bit_depth: int = 8, icc_profile: Optional[bytes] = None,
                 exif: Optional[bytes] = None, format: Optional[str] = None, quality: int = 95,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, png_compression: int = PNG_COMPRESSION) -> Path:
     """Write (1, C, H, W) [0, 1] pixels (C = 1 or 3) plus optional alpha; return the path.
 
     The format comes from `format` or the suffix. 16 bits are kept for PNG and TIFF, other
     formats get 8. JPEG and BMP hold no alpha: the image is composited over white. ICC and
     EXIF are carried where the format can hold them (not BMP, nor 16-bit colour TIFF).
     JPEG at quality >= 90 keeps full-resolution chroma; WebP at quality 100 is lossless.
+    PNG is deflated at `png_compression` (zlib level 0-9; lossless at every level).
     The file appears atomically (temporary file beside it, then rename); missing parent
     folders are created; an existing file is refused unless `overwrite`.
     """
@@ -424,6 +428,8 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
     fmt = _output_format(path, format)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth}")
+    if not 0 <= png_compression <= 9:
+        raise ValueError(f"png_compression must be 0-9, not {png_compression}")
     if img_rgb.dim() != 4 or img_rgb.shape[0] != 1 or img_rgb.shape[1] not in (1, 3):
         raise ValueError(f"expected a (1, 1|3, H, W) tensor, got {tuple(img_rgb.shape)}")
     if alpha is not None and tuple(alpha.shape) != (1, 1, *img_rgb.shape[2:]):
@@ -447,7 +453,7 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
     icc = icc_profile if icc_profile and _icc_fits(icc_profile, channels) else None
     exif = _normalise_exif(exif)
     try:
-        data = _encode(arr, bits, fmt, icc, exif, quality)
+        data = _encode(arr, bits, fmt, icc, exif, quality, png_compression)
     except (ValueError, OSError) as e:  # e.g. WebP's 16383-pixel limit
         raise OutputError(f"{path}: cannot encode as {fmt} ({_one_line(e)})") from None
     _write_atomically(path, data, overwrite)
@@ -500,11 +506,11 @@ def _normalise_exif(exif: Optional[bytes]) -> Optional[bytes]:
 
 
 def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
-            exif: Optional[bytes], quality: int) -> bytes:
+            exif: Optional[bytes], quality: int, png_compression: int = PNG_COMPRESSION) -> bytes:
     channels = arr.shape[2]
     if bits == 16:
         if fmt == "PNG":
-            return _encode_png16(arr, icc, exif)
+            return _encode_png16(arr, icc, exif, png_compression)
         if channels == 1:  # Pillow writes 16-bit gray TIFF, with metadata
             return _pil_bytes(PILImage.fromarray(arr[:, :, 0]), fmt, icc, exif, quality)
         if channels == 2:  # no 16-bit gray+alpha TIFF writer at hand: RGBA keeps the bits
@@ -515,11 +521,11 @@ def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
         return buf.tobytes()
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     im = PILImage.fromarray(arr[:, :, 0] if channels == 1 else arr, mode)
-    return _pil_bytes(im, fmt, icc, exif, quality)
+    return _pil_bytes(im, fmt, icc, exif, quality, png_compression)
 
 
 def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optional[bytes],
-               quality: int) -> bytes:
+               quality: int, png_compression: int = PNG_COMPRESSION) -> bytes:
     options: dict = {}
     if fmt != "BMP":
         if icc:
@@ -532,6 +538,8 @@ def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optiona
         options.update(quality=quality, lossless=quality >= 100)
     elif fmt == "TIFF":
         options["compression"] = "tiff_adobe_deflate"
+    elif fmt == "PNG":
+        options["compress_level"] = png_compression
     buf = io.BytesIO()
     im.save(buf, fmt, **options)
     return buf.getvalue()
@@ -545,7 +553,8 @@ def _to_bgr(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _encode_png16(arr: np.ndarray, icc: Optional[bytes], exif: Optional[bytes]) -> bytes:
+def _encode_png16(arr: np.ndarray, icc: Optional[bytes], exif: Optional[bytes],
+                  level: int = PNG_COMPRESSION) -> bytes:
     """16-bit PNG with metadata: Pillow cannot hold 16-bit colour and OpenCV writes no
     metadata, so OpenCV encodes the pixels and the iCCP/eXIf chunks are added here.
     OpenCV has no gray+alpha PNG, which is therefore encoded here in full."""
@@ -555,9 +564,9 @@ def _encode_png16(arr: np.ndarray, icc: Optional[bytes], exif: Optional[bytes]) 
     if exif:
         chunks.append((b"eXIf", exif[len(_EXIF_PREFIX):]))
     if arr.shape[2] == 2:
-        png = _png_gray_alpha16(arr)
+        png = _png_gray_alpha16(arr, level)
     else:
-        ok, buf = cv2.imencode(".png", _to_bgr(arr))
+        ok, buf = cv2.imencode(".png", _to_bgr(arr), [cv2.IMWRITE_PNG_COMPRESSION, level])
         if not ok:
             raise OutputError("OpenCV could not encode the 16-bit PNG")
         png = buf.tobytes()
@@ -592,7 +601,7 @@ def _png_insert_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def _png_gray_alpha16(arr: np.ndarray) -> bytes:
+def _png_gray_alpha16(arr: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
     height, width = arr.shape[:2]
     raw = arr.astype(">u2").view(np.uint8).reshape(height, width * 4)
     # The Up filter (type 2): each byte minus the one above, which compresses photos well.
@@ -601,7 +610,7 @@ def _png_gray_alpha16(arr: np.ndarray) -> bytes:
     filtered = np.concatenate([np.full((height, 1), 2, np.uint8), rows], axis=1)
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 0)
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
