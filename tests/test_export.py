@@ -195,3 +195,30 @@ def _is_glibc() -> bool:
     import platform
 
     return platform.libc_ver()[0] == "glibc"
+
+
+@needs_ort
+def test_conv_net_exports_carry_symbolic_shapes_so_adds_fold_into_convs(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from srkd_cli.archs.fuse import Subpixel, split_stream
+    from srkd_cli.export import _same_size_shapes, onnx_bytes
+
+    graph = Subpixel(split_stream(model_for("squeezesr", 2)))
+    plain = onnx.load_from_string(onnx_bytes(graph, symbolic_shapes=False))
+    assert _same_size_shapes(plain.graph) is not None  # annotated directly, without sympy
+    shaped = onnx.load_from_string(onnx_bytes(graph))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in shaped.graph.value_info}
+    assert dims and all(d[2:] == ["height", "width"] for d in dims.values())
+    assert [d.dim_param or d.dim_value for d in shaped.graph.output[0].type.tensor_type.shape.dim] == ["batch", 12, "height", "width"]
+    adds = {}
+    for name, proto in (("without", plain), ("with", shaped)):
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        adds[name] = sum(n.op_type == "Add" for n in onnx.load(so.optimized_model_filepath).graph.node)
+    # 12 Adds in the graph; with shapes, all but the 4 `x + ReLU(conv)` fold into convolutions
+    assert adds["with"] == 4 < adds["without"]
+    full = onnx.load_from_string(onnx_bytes(build_model("squeezesr", 3).eval()))
+    assert [d.dim_param or d.dim_value for d in full.graph.output[0].type.tensor_type.shape.dim] == ["batch", 3, "height*3", "width*3"]
