@@ -356,6 +356,40 @@ def test_icc_profile_and_exif_survive_read_then_write(tmp_path, suffix, bits):
         assert again.bit_depth == 16 and torch.equal(again.rgb, img.rgb)
 
 
+def _exif_with_dimensions(order: str, kind: int, width: int, height: int) -> bytes:
+    """Hand-built EXIF: IFD0 (Make, ExifIFD pointer) -> Exif IFD (PixelX/YDimension of `kind`,
+    a 16-byte MakerNote blob), in byte order `order` ("<" or ">")."""
+    fmt = {3: "H2x", 4: "I"}[kind]
+    ifd0 = struct.pack(order + "H", 2) + struct.pack(order + "HHI4s", 0x010F, 2, 4, b"Cam\0") \
+        + struct.pack(order + "HHII", 0x8769, 4, 1, 8 + 2 + 24 + 4) + struct.pack(order + "I", 0)
+    note_at = 8 + len(ifd0) + 2 + 36 + 4
+    sub = struct.pack(order + "H", 3) + struct.pack(order + "HHI" + fmt, 0xA002, kind, 1, width) \
+        + struct.pack(order + "HHI" + fmt, 0xA003, kind, 1, height) \
+        + struct.pack(order + "HHII", 0x927C, 7, 16, note_at) + struct.pack(order + "I", 0)
+    header = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
+    return b"Exif\x00\x00" + header + ifd0 + sub + bytes(range(16))
+
+
+@pytest.mark.parametrize("order,kind", [("<", 3), (">", 3), ("<", 4), (">", 4)])
+def test_exif_pixel_dimensions_say_the_written_size(tmp_path, order, kind):
+    """PixelX/YDimension follow the upscaled size, patched in place: every other EXIF byte stays."""
+    from srkd_cli.imaging.io import _set_pixel_dimensions
+
+    raw = _exif_with_dimensions(order, kind, W, H)
+    assert exif_tags(raw).get_ifd(0x8769)[0xA002] == W  # the hand-built EXIF is what a reader expects
+    write_image(tmp_path / "out.jpg", torch.rand(1, 3, 3 * H, 2 * W), None, 8, exif=raw)
+    with PILImage.open(tmp_path / "out.jpg") as out:
+        tags = out.getexif()
+        sub = tags.get_ifd(0x8769)
+        assert (sub[0xA002], sub[0xA003]) == (2 * W, 3 * H) and tags[0x010F] == "Cam"
+        assert sub[0x927C] == bytes(range(16))  # the maker note, where its offset says
+    patched = _set_pixel_dimensions(raw, 70000, 5)  # wider than a SHORT holds: the entry becomes a LONG
+    assert len(patched) == len(raw) and patched[-16:] == raw[-16:]
+    assert sum(a != b for a, b in zip(raw, patched)) <= 12
+    assert (exif_tags(patched).get_ifd(0x8769)[0xA002], exif_tags(patched).get_ifd(0x8769)[0xA003]) == (70000, 5)
+    assert _set_pixel_dimensions(b"Exif\x00\x00junk", 1, 1) == b"Exif\x00\x00junk"
+
+
 def test_png_chunks_are_inserted_before_image_data_with_valid_crcs(tmp_path):
     x = torch.rand(1, 3, 8, 8)
     write_image(tmp_path / "a.png", x, None, 16, icc_profile=srgb_icc(), exif=exif_bytes())

@@ -57,6 +57,7 @@ _NO_ALPHA_FORMATS = frozenset({"JPEG", "BMP"})
 _EXIF_PREFIX = b"Exif\x00\x00"
 _ORIENTATION = 0x0112
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # in the Exif IFD: the image's width and height
 # TIFF keeps EXIF-like tags among its structural ones; these are the descriptive ones worth
 # carrying into another file.
 _TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, _ORIENTATION, 0x0131, 0x0132, 0x013B, 0x8298,
@@ -380,26 +381,58 @@ def _reset_orientation(raw: bytes) -> bytes:
     return out if out.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + out
 
 
+def _ifd_entries(data: Union[bytearray, memoryview], start: int, sub: Optional[int] = None):
+    """(byte order, [(entry offset, tag, type, count)]) of the first IFD of the classic TIFF at
+    data[start:], or of the IFD its tag `sub` points to; None where there is none."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[start:start + 2]))
+    if order is None or len(data) < start + 8:
+        return None
+    magic, ifd = struct.unpack_from(order + "HI", data, start + 2)
+    entries = _read_ifd(data, start + ifd, order) if magic == 42 else None
+    if entries is not None and sub is not None:
+        pointer = [e for e in entries if e[1] == sub and e[2] in (4, 13) and e[3] == 1]  # LONG or IFD
+        entries = _read_ifd(data, start + struct.unpack_from(order + "I", data, pointer[0][0] + 8)[0], order) \
+            if pointer else None
+    return None if entries is None else (order, entries)
+
+
+def _read_ifd(data: Union[bytearray, memoryview], ifd: int, order: str):
+    if ifd + 2 > len(data):
+        return None
+    (count,) = struct.unpack_from(order + "H", data, ifd)
+    if ifd + 2 + 12 * count > len(data):
+        return None
+    return [(ifd + 2 + 12 * i, *struct.unpack_from(order + "HHI", data, ifd + 2 + 12 * i)) for i in range(count)]
+
+
 def _tiff_orientation_to_1(data: Union[bytearray, memoryview], start: int = 0) -> bool:
     """Set the orientation entry of the first IFD of the TIFF structure at data[start:] to 1,
     in place. False when there is none (or the structure is not classic TIFF)."""
-    order = {b"II": "<", b"MM": ">"}.get(bytes(data[start:start + 2]))
-    if order is None or len(data) < start + 8:
+    found = _ifd_entries(data, start)
+    if found is None:
         return False
-    magic, ifd = struct.unpack_from(order + "HI", data, start + 2)
-    ifd += start
-    if magic != 42 or ifd + 2 > len(data):
-        return False
-    (count,) = struct.unpack_from(order + "H", data, ifd)
-    for i in range(count):
-        entry = ifd + 2 + 12 * i
-        if entry + 12 > len(data):
-            return False
-        tag, kind = struct.unpack_from(order + "HH", data, entry)
+    order, entries = found
+    for entry, tag, kind, _ in entries:
         if tag == _ORIENTATION and kind == 3:  # SHORT: the value sits in the entry
             struct.pack_into(order + "H", data, entry + 8, 1)
             return True
     return False
+
+
+def _set_pixel_dimensions(exif: bytes, width: int, height: int) -> bytes:
+    """EXIF whose PixelXDimension/PixelYDimension (if present) say the written size, patched in
+    place like the orientation (every other byte kept, so maker-note offsets stay valid)."""
+    data = bytearray(exif)
+    found = _ifd_entries(data, len(_EXIF_PREFIX), _EXIF_IFD)
+    if found is None:
+        return exif
+    order, entries = found
+    for entry, tag, kind, count in entries:
+        if tag in (_PIXEL_X, _PIXEL_Y) and kind in (3, 4) and count == 1:
+            value = width if tag == _PIXEL_X else height
+            # SHORT or LONG are both valid for these tags; LONG also fits in the entry
+            struct.pack_into(order + "HII", data, entry + 2, 4, 1, value)
+    return bytes(data)
 
 
 def _one_line(e: BaseException) -> str:
@@ -452,6 +485,8 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
     channels = img_rgb.shape[1]
     icc = icc_profile if icc_profile and _icc_fits(icc_profile, channels) else None
     exif = _normalise_exif(exif)
+    if exif:
+        exif = _set_pixel_dimensions(exif, arr.shape[1], arr.shape[0])
     try:
         data = _encode(arr, bits, fmt, icc, exif, quality, png_compression)
     except (ValueError, OSError) as e:  # e.g. WebP's 16383-pixel limit
