@@ -390,6 +390,22 @@ def test_exif_pixel_dimensions_say_the_written_size(tmp_path, order, kind):
     assert _set_pixel_dimensions(b"Exif\x00\x00junk", 1, 1) == b"Exif\x00\x00junk"
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_sixteen_bit_colour_tiff_keeps_its_icc_profile(tmp_path, channels):
+    """OpenCV writes 16-bit colour TIFF without metadata; srkd adds the profile after it."""
+    icc = srgb_icc()
+    src = rand16(H, W, channels)
+    x = torch.from_numpy(src / 65535.0).float().permute(2, 0, 1)[None]
+    rgb, alpha = x[:, :3], (x[:, 3:] if channels == 4 else None)
+    write_image(tmp_path / "out.tif", rgb, alpha, 16, icc_profile=icc)
+    with PILImage.open(tmp_path / "out.tif") as im:  # another reader sees the tag
+        assert im.info.get("icc_profile") == icc
+    back = read_image(tmp_path / "out.tif")
+    assert back.bit_depth == 16 and back.icc_profile == icc
+    assert np.array_equal(as_uint(back.rgb, 16), src[:, :, :3])
+    assert cv2.imread(str(tmp_path / "out.tif"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+
 def test_png_chunks_are_inserted_before_image_data_with_valid_crcs(tmp_path):
     x = torch.rand(1, 3, 8, 8)
     write_image(tmp_path / "a.png", x, None, 16, icc_profile=srgb_icc(), exif=exif_bytes())

@@ -57,6 +57,7 @@ _NO_ALPHA_FORMATS = frozenset({"JPEG", "BMP"})
 _EXIF_PREFIX = b"Exif\x00\x00"
 _ORIENTATION = 0x0112
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_ICC_TAG = 34675  # TIFF's InterColorProfile
 _PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # in the Exif IFD: the image's width and height
 # TIFF keeps EXIF-like tags among its structural ones; these are the descriptive ones worth
 # carrying into another file.
@@ -451,7 +452,7 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
 
     The format comes from `format` or the suffix. 16 bits are kept for PNG and TIFF, other
     formats get 8. JPEG and BMP hold no alpha: the image is composited over white. ICC and
-    EXIF are carried where the format can hold them (not BMP, nor 16-bit colour TIFF).
+    EXIF are carried where the format can hold them (not BMP; 16-bit colour TIFF keeps ICC only).
     JPEG at quality >= 90 keeps full-resolution chroma; WebP at quality 100 is lossless.
     PNG is deflated at `png_compression` (zlib level 0-9; lossless at every level).
     The file appears atomically (temporary file beside it, then rename); missing parent
@@ -550,10 +551,11 @@ def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
             return _pil_bytes(PILImage.fromarray(arr[:, :, 0]), fmt, icc, exif, quality)
         if channels == 2:  # no 16-bit gray+alpha TIFF writer at hand: RGBA keeps the bits
             arr = arr[:, :, [0, 0, 0, 1]]
-        ok, buf = cv2.imencode(".tiff", _to_bgr(arr))  # colour: OpenCV, without metadata
+        ok, buf = cv2.imencode(".tiff", _to_bgr(arr))  # colour: OpenCV, which writes no metadata
         if not ok:
             raise OutputError("OpenCV could not encode the 16-bit TIFF")
-        return buf.tobytes()
+        # a gray profile does not describe the RGBA that gray+alpha became
+        return _tiff_add_icc(buf.tobytes(), icc) if icc and channels != 2 else buf.tobytes()
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     im = PILImage.fromarray(arr[:, :, 0] if channels == 1 else arr, mode)
     return _pil_bytes(im, fmt, icc, exif, quality, png_compression)
@@ -578,6 +580,30 @@ def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optiona
     buf = io.BytesIO()
     im.save(buf, fmt, **options)
     return buf.getvalue()
+
+
+def _tiff_add_icc(tiff: bytes, icc: bytes) -> bytes:
+    """The classic TIFF with an ICC profile tag (34675) in its first IFD.
+
+    The profile and a copy of the IFD with the tag added are appended and the header pointed
+    at the copy; nothing already in the file moves, so every offset in it stays valid.
+    """
+    data = bytearray(tiff)
+    found = _ifd_entries(data, 0)
+    if found is None:
+        return tiff  # not classic TIFF (BigTIFF): written without the profile
+    order, entries = found
+    ifd = struct.unpack_from(order + "I", data, 4)[0]
+    (next_ifd,) = struct.unpack_from(order + "I", data, ifd + 2 + 12 * len(entries))
+    data += b"\0" * (len(data) % 2)  # TIFF offsets are word-aligned
+    icc_at = len(data)
+    data += icc + b"\0" * (len(icc) % 2)
+    raw = {tag: bytes(data[e:e + 12]) for e, tag, _, _ in entries if tag != _ICC_TAG}
+    raw[_ICC_TAG] = struct.pack(order + "HHII", _ICC_TAG, 7, len(icc), icc_at)  # UNDEFINED bytes
+    new_ifd = len(data)
+    data += struct.pack(order + "H", len(raw)) + b"".join(raw[t] for t in sorted(raw)) + struct.pack(order + "I", next_ifd)
+    struct.pack_into(order + "I", data, 4, new_ifd)
+    return bytes(data)
 
 
 def _to_bgr(arr: np.ndarray) -> np.ndarray:
