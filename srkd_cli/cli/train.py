@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from . import app
 from .console import console
 
 # Options both commands share, in one place so `train` and `distill` cannot drift apart.
-DATA = typer.Option(..., "--data", help="Folder of HR training images (PNG/JPEG/WebP/BMP, searched recursively); repeatable.")
+DATA = typer.Option(..., "--data", help="Folder of HR training images (PNG/JPEG/WebP/BMP/TIFF, searched recursively); repeatable.")
 VAL = typer.Option(None, "--val", help="Validation folder (HR/ + LR_bicubic/X{s}/, or plain HR images); repeatable.")
 OUT = typer.Option(..., "--out", help="Run folder: state.pt, log.jsonl, best.safetensors, final.safetensors.")
 SCALE = typer.Option(..., "--scale", help="Upscaling factor: 2, 3 or 4.")
@@ -40,6 +41,28 @@ FP32 = typer.Option(False, "--fp32", help="Train in float32 on CUDA (default: bf
 THREADS = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine) (default: torch's).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 SET = typer.Option(None, "--set", help="Architecture option KEY=VALUE (e.g. embed_dim=48); repeatable.")
+
+
+# (parameter, type, option) of every option `train` and `distill` share, added to both signatures
+# by `_shared_options`: Typer reads options from the signature, so they are declared once here.
+SHARED = [
+    ("set_", Optional[List[str]], SET), ("scale", int, SCALE), ("data", List[str], DATA), ("val", Optional[List[str]], VAL),
+    ("out", str, OUT), ("steps", int, STEPS), ("batch", int, BATCH), ("patch", Optional[int], PATCH),
+    ("lr", Optional[float], LR), ("warmup", Optional[int], WARMUP), ("schedule", str, SCHEDULE), ("ema", float, EMA),
+    ("clip", float, CLIP), ("seed", int, SEED), ("device", str, DEVICE), ("resume", bool, RESUME),
+    ("ckpt_every", int, CKPT_EVERY), ("val_every", int, VAL_EVERY), ("log_every", int, LOG_EVERY),
+    ("stop_after", Optional[int], STOP_AFTER), ("time_limit", Optional[float], TIME_LIMIT), ("compile", bool, COMPILE),
+    ("fp32", bool, FP32), ("threads", Optional[int], THREADS), ("quiet", bool, QUIET), ("init", Optional[str], INIT),
+]
+
+
+def _shared_options(fn):
+    """Give `fn(own options..., **kw)` the SHARED options as keyword parameters Typer can see."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for name, kind, opt in SHARED]
+    fn.__signature__ = sig.replace(parameters=own + shared)
+    return fn
 
 
 def _parse_sets(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -84,30 +107,24 @@ def _common(**kw: Any) -> Dict[str, Any]:
 
 
 @app.command()
+@_shared_options
 def train(
     arch: str = typer.Option(..., "--arch", help="edsr-t, squeezesr or swinir."),
     blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual/squeeze blocks or RSTBs (default: the architecture's)."),
-    set_: Optional[List[str]] = SET,
-    scale: int = SCALE, data: List[str] = DATA, val: Optional[List[str]] = VAL, out: str = OUT,
-    steps: int = STEPS, batch: int = BATCH, patch: Optional[int] = PATCH, lr: Optional[float] = LR,
-    warmup: Optional[int] = WARMUP, schedule: str = SCHEDULE, ema: float = EMA, clip: float = CLIP,
-    seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
-    val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
-    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32,
-    threads: Optional[int] = THREADS, quiet: bool = QUIET, init: Optional[str] = INIT,
+    **kw: Any,
 ) -> int:
     """Train an architecture from scratch with L1 on HR patches (LR made with MATLAB bicubic)."""
     from ..archs import get_arch
 
-    overrides = _parse_sets(set_)
+    overrides = _parse_sets(kw["set_"])
     if blocks is not None:
         overrides["blocks"] = blocks
-    kw = locals()
     get_arch(arch).config(**overrides)  # unknown arch / option -> one line before any loading
     return _run(dict(arch=arch, arch_config=overrides, **_common(**kw)))
 
 
 @app.command()
+@_shared_options
 def distill(
     teacher: str = typer.Option(..., "--teacher", help="Teacher: zoo name (swinir4, swinir4-x2) or weights file."),
     student: str = typer.Option(..., "--student", help="squeezesr (from edsr-t, paper 1) or swinir (from swinir, paper 2)."),
@@ -116,22 +133,14 @@ def distill(
     feat_loss: str = typer.Option("l1", "--feat-loss", help="Paper 1: feature distance, l1 or mse."),
     feat_weight: float = typer.Option(0.1, "--feat-weight", help="Paper 1: weight beta of the feature loss."),
     init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="SwinIR: start from the teacher's head, first k RSTBs and tail."),
-    set_: Optional[List[str]] = SET,
-    scale: int = SCALE, data: List[str] = DATA, val: Optional[List[str]] = VAL, out: str = OUT,
-    steps: int = STEPS, batch: int = BATCH, patch: Optional[int] = PATCH, lr: Optional[float] = LR,
-    warmup: Optional[int] = WARMUP, schedule: str = SCHEDULE, ema: float = EMA, clip: float = CLIP,
-    seed: int = SEED, device: str = DEVICE, resume: bool = RESUME, ckpt_every: int = CKPT_EVERY,
-    val_every: int = VAL_EVERY, log_every: int = LOG_EVERY, stop_after: Optional[int] = STOP_AFTER,
-    time_limit: Optional[float] = TIME_LIMIT, compile: bool = COMPILE, fp32: bool = FP32,
-    threads: Optional[int] = THREADS, quiet: bool = QUIET, init: Optional[str] = INIT,
+    **kw: Any,
 ) -> int:
     """Distil a student from a frozen teacher (paper 1 or paper 2 recipe, chosen by the pair)."""
     from ..archs import get_arch
 
-    overrides = _parse_sets(set_)
+    overrides = _parse_sets(kw["set_"])
     if student_blocks is not None:
         overrides["blocks"] = student_blocks
-    kw = locals()
     get_arch(student).config(**overrides)
     return _run(dict(
         arch=student, arch_config=overrides, teacher=teacher, init_from_teacher=init_from_teacher,
