@@ -192,6 +192,8 @@ class HaloTiles(nn.Module):
     piece's activations stay in the caches), and `workers` > 1: pieces run concurrently, each
     on one thread, which on a 2-core CPU beats two threads sharing every op. Only for inner
     runners that release the GIL and are safe to call concurrently (onnxruntime sessions are).
+    An inner runner with `subpixel_output` (OnnxModel of an `archs.fuse.Subpixel` graph) returns
+    its (N, 3*s*s, h, w) result through `run_subpixel`, and the pixel shuffle happens in the copy.
     """
 
     def __init__(self, inner, scale: int, halo: int, tile: Optional[Tuple[int, int]] = None, workers: int = 1):
