@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -56,3 +57,18 @@ def test_internal_errors_are_one_line_and_debug_shows_traceback(run_cli, monkeyp
     monkeypatch.setattr(models_cmd, "get_zoo", boom, raising=False)
     code, _, err = run_cli("models")
     assert code == 1 and "internal error" in err and "--debug" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["eval", "--scale", "2"], "Missing option '--data'"),
+    (["upscale"], "Missing argument"),
+    (["upscale", "x.png", "--png-compression", "12"], "--png-compression"),
+    (["upscale", "x.png", "--quality", "0"], "--quality"),
+    (["upscale", "x.png", "--no-such-option"], "No such option"),
+    (["frobnicate"], "No such command"),
+])
+def test_usage_errors_are_one_line_exit_2(run_cli, argv, says):
+    """Typer's own option checks (missing, out of range, unknown) read like srkd's errors."""
+    code, out, err = run_cli(*argv)
+    assert code == 2 and says in err and "internal error" not in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err

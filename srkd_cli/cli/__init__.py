@@ -17,6 +17,21 @@ from rich.markup import escape
 from ..errors import SrkdError
 from .console import err_console
 
+try:  # newer Typer runs on a vendored copy of click, with its own exception classes
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older Typer: plain click
+    _typer_click = click.exceptions
+
+
+def _both(plain: type, vendored: object) -> tuple:
+    return tuple({plain, vendored if isinstance(vendored, type) else plain})
+
+
+_EXIT = _both(click.exceptions.Exit, getattr(typer, "Exit", None))
+_ABORT = _both(click.exceptions.Abort, getattr(typer, "Abort", None))
+_USAGE = _both(click.UsageError, getattr(_typer_click, "UsageError", None))
+_CLICK = _both(click.ClickException, getattr(_typer_click, "ClickException", None))
+
 app = typer.Typer(
     name="srkd",
     help="Super-resolution with knowledge-distilled models: upscale, evaluate, train, distill.",
@@ -45,12 +60,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         rv = app(args=args, prog_name="srkd", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         err_console.print("aborted")
         return 130
-    except click.ClickException as e:
+    except _USAGE as e:  # a missing or out-of-range option: one line, like every other user error
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `srkd` or a bare group: the help
+            e.show()
+            return e.exit_code
+        hint = f" (srkd {e.ctx.info_name} --help)" if e.ctx is not None and e.ctx.info_name != "srkd" else ""
+        err_console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True)
+        return 2
+    except _CLICK as e:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:
