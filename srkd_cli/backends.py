@@ -324,13 +324,13 @@ def pick_backend(model: nn.Module, device: Union[str, torch.device] = "cpu", pre
     floor, against 8.6x for plain eager). Everything else, and every GPU, runs `torch`.
     """
     from .archs.fuse import receptive_radius
+    from .export import _require_onnx
 
     if torch.device(device).type != "cpu" or precision != "fp32" or receptive_radius(model) is None:
         return "torch"
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
+        _require_onnx()  # the [onnx] extra: what exporting in memory needs
+    except ConfigError:
         return "torch-opt"
     return "onnxruntime"
 

@@ -22,15 +22,10 @@ try:  # newer Typer runs on a vendored copy of click, with its own exception cla
 except ImportError:  # pragma: no cover - older Typer: plain click
     _typer_click = click.exceptions
 
-
-def _both(plain: type, vendored: object) -> tuple:
-    return tuple({plain, vendored if isinstance(vendored, type) else plain})
-
-
-_EXIT = _both(click.exceptions.Exit, getattr(typer, "Exit", None))
-_ABORT = _both(click.exceptions.Abort, getattr(typer, "Abort", None))
-_USAGE = _both(click.UsageError, getattr(_typer_click, "UsageError", None))
-_CLICK = _both(click.ClickException, getattr(_typer_click, "ClickException", None))
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE = (click.UsageError, _typer_click.UsageError)
+_CLICK = (click.ClickException, _typer_click.ClickException)
 
 app = typer.Typer(
     name="srkd",

@@ -143,9 +143,8 @@ def read_uint8(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
     Alpha is dropped, 16-bit samples are rounded to 8 bits, EXIF orientation is applied.
     """
-    img = read_image(path, max_pixels)
-    arr = img.rgb[0].mul(255).round_().clamp_(0, 255).to(torch.uint8)
-    return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).contiguous().numpy()
+    arr = _quantise(read_image(path, max_pixels).rgb[0], 8)
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr
 
 
 def _open_header(path: Path) -> PILImage.Image:
