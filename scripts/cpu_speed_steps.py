@@ -15,9 +15,10 @@ Rows (each adds one change to the row above, unless it says otherwise):
   ... shuffle outside  split graph without its pixel shuffle (archs.fuse.Subpixel), shuffled by torch
   ... strips           + one strip (with halo) per thread, one single-threaded session each,
                        shuffled while copied into place (backends.HaloTiles)
-  ... pieces HxW       + pieces of at most HxW instead of strips (`--ort-tiles`; the default,
-                       backends.ORT_CPU_TILE, is `--backend onnxruntime`); "no symbolic shapes":
-                       the default exported without them (export._with_symbolic_shapes)
+  ... pieces HxW       + pieces of at most backends.ORT_CPU_TILE instead of strips; "no symbolic
+                       shapes": exported without them (export._with_symbolic_shapes)
+  ... column pairs     + the tail computing two columns per pixel (x2; archs.fuse._paired_conv)
+                       <- `--backend onnxruntime`; then other piece bounds (`--ort-tiles`)
   torchscript          traced, frozen, optimize_for_inference (plain model)
   compile              torch.compile (inductor, freezing) of the fused channels_last model (with --compile)
 
@@ -103,20 +104,26 @@ def main() -> None:
         from srkd_cli.export import onnx_bytes
 
         n = torch.get_num_threads()
-        split = split_stream(plain)
+        split = split_stream(plain, pair_columns=False)  # the rows before "column pairs"
+        paired = split_stream(plain)  # what --backend onnxruntime runs (column pairs at x2)
         rows += [(f"onnxruntime {g}", OnnxModel.from_torch(m, threads=n), plain)
                  for g, m in (("plain", plain), ("fused", reparameterize(plain)))]
         rows += [("onnxruntime split", OnnxModel.from_torch(split, threads=n), plain),
-                 ("... shuffle outside", onnx_runner(plain, threads=n, pieces=False), plain)]
+                 ("... shuffle outside", OnnxModel.from_torch(Subpixel(split), threads=n, meta=Subpixel(split).metadata), plain)]
         if n > 1:
-            one = OnnxModel.from_torch(Subpixel(split), threads=1, meta={"subpixel": True})
-            no_shapes = OnnxModel(onnx_bytes(Subpixel(split), meta={"subpixel": True}, symbolic_shapes=False), threads=1)
+            def session(m, **kw):
+                return OnnxModel(onnx_bytes(Subpixel(m), meta=Subpixel(m).metadata, **kw), threads=1)
+
             bounds = [ORT_CPU_TILE] + [tuple(int(v) for v in t.split("x")) for t in args.ort_tiles.split(",") if t]
-            rows.append(("... strips", HaloTiles(one, args.scale, halo, None, workers=n), plain))
+            rows.append(("... strips", HaloTiles(session(split), args.scale, halo, None, workers=n), plain))
             rows.append((f"... pieces {ORT_CPU_TILE[0]}x{ORT_CPU_TILE[1]}, no symbolic shapes",
-                         HaloTiles(no_shapes, args.scale, halo, ORT_CPU_TILE, workers=n), plain))
-            rows += [(f"... pieces {h}x{w}" + (" (--backend onnxruntime)" if (h, w) == ORT_CPU_TILE else ""),
-                      HaloTiles(one, args.scale, halo, (h, w), workers=n), plain) for h, w in dict.fromkeys(bounds)]
+                         HaloTiles(session(split, symbolic_shapes=False), args.scale, halo, ORT_CPU_TILE, workers=n), plain))
+            rows.append((f"... pieces {ORT_CPU_TILE[0]}x{ORT_CPU_TILE[1]}",
+                         HaloTiles(session(split), args.scale, halo, ORT_CPU_TILE, workers=n), plain))
+            if paired is not split and paired.column_pairs > 1:
+                rows.append(("... tail in column pairs (--backend onnxruntime)", onnx_runner(plain, threads=n), plain))
+            rows += [(f"... pieces {h}x{w} instead", HaloTiles(session(paired), args.scale, halo, (h, w), workers=n), plain)
+                     for h, w in dict.fromkeys(bounds[1:]) if (h, w) != ORT_CPU_TILE]
     x = torch.rand(1, 3, size[1], size[0])
     rows.append(("torchscript", prepare(plain, "torchscript", example=x), plain))
     if args.compile:

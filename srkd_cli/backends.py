@@ -88,8 +88,10 @@ class OnnxModel:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise CheckpointError(f"{self.path or 'ONNX model'}: expected one (N,3,H,W) input, got {[i.shape for i in inputs]}")
         self._input = inputs[0].name
-        # A graph that stops before its pixel shuffle (archs.fuse.Subpixel) says so in its metadata.
+        # A graph that stops before its pixel shuffle (archs.fuse.Subpixel) says so in its metadata,
+        # and whether its tail computes column pairs (archs.fuse.unpair_columns).
         self.subpixel_output = bool(self.metadata.get("subpixel"))
+        self.column_pairs = int(self.metadata.get("column_pairs", 1))
 
     def _make_session(self, device: torch.device):
         ort = self._ort
@@ -126,11 +128,18 @@ class OnnxModel:
                 self.device = dev
         return self
 
-    def run_subpixel(self, x: torch.Tensor) -> torch.Tensor:
-        """The graph's own output: (N,3*s*s,h,w) before the pixel shuffle if `subpixel_output`, else the image."""
+    def run_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph's output as it is (in column pairs where `column_pairs` is 2)."""
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (y,) = self._session.run(None, {self._input: arr})
         return torch.from_numpy(y).to(x.device)
+
+    def run_subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,3*s*s,h,w) before the pixel shuffle if `subpixel_output`, else the image."""
+        from .archs.fuse import unpair_columns
+
+        y = self.run_raw(x)
+        return unpair_columns(y, x.shape[-1], self.scale, self.column_pairs) if self.subpixel_output else y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.run_subpixel(x)
@@ -193,7 +202,8 @@ class HaloTiles(nn.Module):
     on one thread, which on a 2-core CPU beats two threads sharing every op. Only for inner
     runners that release the GIL and are safe to call concurrently (onnxruntime sessions are).
     An inner runner with `subpixel_output` (OnnxModel of an `archs.fuse.Subpixel` graph) returns
-    its (N, 3*s*s, h, w) result through `run_subpixel`, and the pixel shuffle happens in the copy.
+    its (N, 3*s*s, h, w) result through `run_subpixel` (or, with `column_pairs` 2, its raw
+    output through `run_raw`), and the pixel shuffle happens in the copy.
     """
 
     def __init__(self, inner, scale: int, halo: int, tile: Optional[Tuple[int, int]] = None, workers: int = 1):
@@ -221,6 +231,8 @@ class HaloTiles(nn.Module):
             return self.inner(x)
         out = x.new_empty(n, c, hh * s, ww * s)
         subpixel = bool(getattr(self.inner, "subpixel_output", False))
+        pairs = subpixel and getattr(self.inner, "column_pairs", 1) == 2
+        from .archs.fuse import shuffle_into, shuffle_pairs_into
 
         # Grad and inference modes are per thread: workers take the caller's.
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -231,10 +243,10 @@ class HaloTiles(nn.Module):
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 piece_in = x[:, :, a:min(hh, y1 + r), b:min(ww, x1 + r)]
                 dst = out[:, :, y0 * s:y1 * s, x0 * s:x1 * s]
-                if subpixel:  # shuffle while copying into place: one pass over the output, not two
-                    y = self.inner.run_subpixel(piece_in)[:, :, y0 - a:y1 - a, x0 - b:x1 - b]
-                    h, w = y1 - y0, x1 - x0
-                    dst.unflatten(3, (w, s)).unflatten(2, (h, s)).copy_(y.unflatten(1, (c, s, s)).permute(0, 1, 4, 2, 5, 3))
+                if pairs:  # shuffle while copying into place: one pass over the output, not two
+                    shuffle_pairs_into(dst, self.inner.run_raw(piece_in)[:, :, y0 - a:y1 - a], x0 - b, s)
+                elif subpixel:
+                    shuffle_into(dst, self.inner.run_subpixel(piece_in)[:, :, y0 - a:y1 - a, x0 - b:x1 - b], s)
                 else:
                     y = self.inner(piece_in)
                     dst.copy_(y[:, :, (y0 - a) * s:(y1 - a) * s, (x0 - b) * s:(x1 - b) * s])
@@ -310,7 +322,8 @@ def onnx_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", thre
     src = copy.deepcopy(form(model)).cpu().eval()
     meta = None
     if isinstance(src, SplitSqueezeSR):  # the pixel shuffle is done by OnnxModel, or by HaloTiles as it copies
-        src, meta = Subpixel(src), {"subpixel": True}
+        src = Subpixel(src)
+        meta = src.metadata
     if pieces and device.type == "cpu" and radius is not None and n > 1:
         return HaloTiles(OnnxModel.from_torch(src, threads=1, meta=meta), model.scale, radius, ORT_CPU_TILE, workers=n)
     return OnnxModel.from_torch(src, device=device, threads=n, meta=meta)

@@ -107,8 +107,8 @@ def _with_symbolic_shapes(proto):
     With them onnxruntime can prove that an Add's two inputs have one shape and fold the Add
     into the convolution before it (its NCHWc Conv + Sum fusion); in a graph whose sizes are
     unknown, every Add stays a pass of its own over memory (SqueezeSR: 6 % slower). Only for
-    conv nets: SwinIR's window padding defeats the symbolic arithmetic. Graphs of stride-1
-    "same" convolutions and element-wise ops (SqueezeSR) are annotated here directly; others
+    conv nets: SwinIR's window padding defeats the symbolic arithmetic. Graphs of convolutions
+    and element-wise ops (SqueezeSR) are annotated here directly; others
     go through onnxruntime's symbolic shape inference, whose sympy import alone takes ~0.5 s.
     """
     shapes = _same_size_shapes(proto.graph)
@@ -128,8 +128,8 @@ _ELEMENTWISE = {"Relu", "Add", "Sub", "Mul", "Div", "Sigmoid", "Clip", "LeakyRel
 
 def _same_size_shapes(graph) -> Optional[Dict[str, list]]:
     """Each tensor's dims (ints or symbol names) for a graph of 4-D float tensors built only from
-    stride-1 'same' Convs, element-wise ops (with constants), channel Concat and DepthToSpace;
-    None otherwise."""
+    (ungrouped, undilated) Convs, element-wise ops (with constants), channel Concat and
+    DepthToSpace; None otherwise."""
     from onnx import helper
 
     inits = {t.name: t for t in graph.initializer}
@@ -155,10 +155,11 @@ def _same_size_shapes(graph) -> Optional[Dict[str, list]]:
                 return None
             k = list(w.dims[2:])
             pads = list(attrs.get("pads", [0, 0, 0, 0]))
-            if (any(v != 1 for v in attrs.get("strides", [1, 1])) or any(v != 1 for v in attrs.get("dilations", [1, 1]))
-                    or pads[0] + pads[2] != k[0] - 1 or pads[1] + pads[3] != k[1] - 1):
+            if any(v != 1 for v in attrs.get("dilations", [1, 1])) or int(attrs.get("group", 1)) != 1:
                 return None
-            shapes[node.output[0]] = [x[0], int(w.dims[0]), x[2], x[3]]
+            strides = list(attrs.get("strides", [1, 1]))
+            spatial = [_conv_dim(x[2 + i], k[i], pads[i] + pads[i + 2], strides[i]) for i in range(2)]
+            shapes[node.output[0]] = [x[0], int(w.dims[0])] + spatial
         elif node.op_type in _ELEMENTWISE:
             if any(i != x for i in ins):
                 return None
@@ -175,6 +176,16 @@ def _same_size_shapes(graph) -> Optional[Dict[str, list]]:
         else:
             return None
     return shapes
+
+
+def _conv_dim(d, k: int, pad: int, stride: int):
+    """A conv's output size along one axis, for a size that is an int or a symbol name."""
+    if isinstance(d, int):
+        return (d + pad - k) // stride + 1
+    if stride == 1 and pad == k - 1:
+        return d
+    off = pad - k
+    return f"({d}{off:+d})//{stride}+1" if off else f"{d}//{stride}+1"
 
 
 def _annotate(graph, shapes: Dict[str, list]) -> None:

@@ -148,16 +148,29 @@ def test_fused_and_split_squeezesr_equal_unfused(scale):
         split = split_stream(model)
         assert (split(x) - ref).abs().max() < 1e-5 and receptive_radius(split) == receptive_radius(model) == 5
         sub = Subpixel(split)
-        assert sub(x).shape == (2, 3 * scale * scale, 37, 29)
+        # x2's 12-channel tail computes column pairs (24 channels, width // 2 + 1); x3/x4 do not
+        pairs = 2 if scale == 2 else 1
+        assert split.column_pairs == sub.metadata["column_pairs"] == pairs
+        assert sub(x).shape == ((2, 24, 37, 15) if pairs == 2 else (2, 3 * scale * scale, 37, 29))
+        assert split.subpixel(x).shape == (2, 3 * scale * scale, 37, 29)
+        unpaired = split_stream(model, pair_columns=False)
+        assert unpaired.column_pairs == 1 and (unpaired(x) - ref).abs().max() < 1e-5
+        assert (split_stream(model, pair_columns=True)(x) - ref).abs().max() < 1e-5  # pairs work at any scale
 
         class SubpixelRunner:  # a runtime that leaves the pixel shuffle to HaloTiles' copy (as OnnxModel can)
-            subpixel_output = True
+            subpixel_output, column_pairs = True, pairs
+
+            def run_raw(self, t):
+                return sub(t)
 
             def run_subpixel(self, t):
-                return sub(t)
+                return split.subpixel(t)
 
         pieces = HaloTiles(SubpixelRunner(), scale, receptive_radius(model), (16, 12), workers=2)
         assert (pieces(x) - ref).abs().max() < 1e-5
+        # pieces of odd and even widths at odd and even offsets: pairs split at either end of a piece
+        for tile in ((5, 3), (4, 1), (3, 2), (37, 28)):
+            assert (HaloTiles(SubpixelRunner(), scale, 5, tile, workers=2)(x) - ref).abs().max() < 1e-5
         # as even as the bounds allow (no 1-row remainder paying a whole halo), covering every pixel once
         spans = pieces.pieces(37, 29)
         assert sorted({(y1 - y0, x1 - x0) for y0, x0, y1, x1 in spans}) == [(11, 9), (11, 10), (13, 9), (13, 10)]

@@ -113,13 +113,17 @@ class SplitSqueezeSR(SRModel):
     - the first squeeze reads the input through that composition too, so it needs no head output;
     - the RGB mean is folded into the tail's bias.
 
+    - at x2 the tail computes two neighbouring columns per output pixel (`column_pairs` = 2, see
+      `_paired_conv`): 12 output channels leave a CPU's 8-wide conv kernels a third idle, 24 do not.
+
     `subpixel(x)` is the tail's output before the pixel shuffle (N, 3*s*s, h, w): a runtime that
     copies the result into place anyway can shuffle while it copies (`backends.HaloTiles`).
+    `raw_subpixel(x)` is what the tail computes (`unpair_columns` turns it into `subpixel(x)`).
     """
 
     feature_names: Tuple[str, ...] = ()
 
-    def __init__(self, model: SqueezeSR):
+    def __init__(self, model: SqueezeSR, pair_columns: Optional[bool] = None):
         super().__init__()
         self.scale = model.scale
         n1 = model.body[0].expand1x1.out_channels
@@ -140,10 +144,20 @@ class SplitSqueezeSR(SRModel):
             self.expand_b.append(copy.deepcopy(blk.expand3x3))
         tw = model.tail[0].weight.detach()
         tb = model.tail[0].bias.detach() + self.mean.view(3).repeat_interleave(self.scale * self.scale)
-        self.tail_a, self.tail_b = _conv(tw[:, :n1], tb, 1), _conv(tw[:, n1:], None, 1)
+        if pair_columns is None:
+            pair_columns = tw.shape[0] <= PAIR_MAX_CHANNELS
+        self.column_pairs = 2 if pair_columns else 1
+        if pair_columns:
+            self.tail_a, self.tail_b = _paired_conv(tw[:, :n1], tb, self.scale), _paired_conv(tw[:, n1:], None, self.scale)
+        else:
+            self.tail_a, self.tail_b = _conv(tw[:, :n1], tb, 1), _conv(tw[:, n1:], None, 1)
         self.shuffle = nn.PixelShuffle(self.scale)
 
     def subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        return unpair_columns(self.raw_subpixel(x), x.shape[-1], self.scale, self.column_pairs)
+
+    def raw_subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        """The tail's own output: `subpixel(x)`, in column pairs when `column_pairs` is 2."""
         x = x - self.mean.to(x.dtype)
         a, b = self.head_a(x), self.head_b(x)
         for i, (ex_a, ex_b) in enumerate(zip(self.expand_a, self.expand_b)):
@@ -160,21 +174,103 @@ class SplitSqueezeSR(SRModel):
 
 
 class Subpixel(nn.Module):
-    """A `SplitSqueezeSR` that stops before its pixel shuffle, for export (`.scale` kept)."""
+    """A `SplitSqueezeSR` that stops at its tail's raw output, for export (`.scale` kept).
+
+    `metadata` tells the runtime what that output is (`backends.OnnxModel` reads it).
+    """
 
     def __init__(self, model: SplitSqueezeSR):
         super().__init__()
         self.model, self.scale = model, model.scale
+        self.metadata = {"subpixel": True, "column_pairs": model.column_pairs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.subpixel(x)
+        return self.model.raw_subpixel(x)
 
 
-def split_stream(model: nn.Module) -> nn.Module:
-    """`SplitSqueezeSR` of a SqueezeSR (eval mode, the original untouched); other models as they are."""
+# Tails with at most this many output channels compute column pairs (SplitSqueezeSR): measured
+# with onnxruntime on AVX2 (8-float blocks), where a conv with 2 blocks of output channels runs at
+# ~60 % of the rate of one with 3-4 (docs/performance.md).
+PAIR_MAX_CHANNELS = 16
+
+
+def _paired_conv(weight: torch.Tensor, bias: Optional[torch.Tensor], scale: int) -> nn.Conv2d:
+    """A 3x3 'same' sub-pixel conv as a (3, 4) conv of stride (1, 2) that outputs two columns per pixel.
+
+    Output column j holds the original's columns 2j-1 (p=0) and 2j (p=1); with padding (1, 2)
+    every tap sees what it saw in the original, zeros included, so the result is exact. Width
+    out: W // 2 + 1 (column -1, and W when W is even, are extra). Channels are ordered
+    (colour, sub-row, p, sub-column), so the four output pixels of one sub-row that a pair
+    makes are neighbours in one channel group (`shuffle_pairs_into` copies them as a run). A
+    quarter of the taps are zero, yet the conv runs faster than the 3x3 whose few output
+    channels it doubles (docs/performance.md).
+    """
+    c_out, c_in = weight.shape[:2]
+    w = torch.zeros(c_out // (scale * scale), scale, 2, scale, c_in, 3, 4, dtype=weight.dtype, device=weight.device)
+    by_pixel = weight.unflatten(0, (-1, scale, scale))  # (colour, sub-row, sub-column, c_in, 3, 3)
+    w[:, :, 0, :, :, :, :3] = by_pixel
+    w[:, :, 1, :, :, :, 1:] = by_pixel
+    conv = nn.Conv2d(c_in, 2 * c_out, (3, 4), stride=(1, 2), padding=(1, 2), bias=bias is not None).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(w.flatten(0, 3))
+        if bias is not None:
+            conv.bias.copy_(bias.unflatten(0, (-1, scale, 1, scale)).expand(-1, -1, 2, -1).flatten())
+    return conv
+
+
+def _by_pair(y: torch.Tensor, scale: int) -> torch.Tensor:
+    """(N, colour, sub-row, p, sub-column, h, J) view of a `_paired_conv` output."""
+    return y.unflatten(1, (-1, scale, 2, scale))
+
+
+def unpair_columns(y: torch.Tensor, width: int, scale: int, pairs: int = 2) -> torch.Tensor:
+    """(N, 3*s*s, h, width), the plain sub-pixel layout, from a `_paired_conv` output (N, 6*s*s, h,
+    width // 2 + 1); with `pairs` 1, `y` as it is. One copy: columns interleaved, extras dropped."""
+    if pairs == 1:
+        return y
+    n, _, h, j = y.shape
+    return _by_pair(y, scale).permute(0, 1, 2, 4, 5, 6, 3).reshape(n, -1, h, 2 * j)[..., 1:width + 1]
+
+
+def shuffle_into(dst: torch.Tensor, y: torch.Tensor, scale: int) -> None:
+    """Pixel-shuffle a sub-pixel output `y` (N, c*s*s, h, w) into `dst` (N, c, h*s, w*s), in one pass."""
+    n, c, hs, ws = dst.shape
+    s = scale
+    dst.unflatten(3, (ws // s, s)).unflatten(2, (hs // s, s)).copy_(y.unflatten(1, (c, s, s)).permute(0, 1, 4, 2, 5, 3))
+
+
+def shuffle_pairs_into(dst: torch.Tensor, y: torch.Tensor, first: int, scale: int) -> None:
+    """Pixel-shuffle columns first .. first+w-1 of a `_paired_conv` output `y` (N, 6*s*s, h, J) into
+    `dst` (N, 3, h*s, w*s), in one pass: whole pairs as runs of 2*s pixels, a lone column at
+    either end by itself."""
+    s, w = scale, dst.shape[3] // scale
+    pairs = _by_pair(y, s)  # column u sits at pair (u + 1) // 2, half (u + 1) % 2
+
+    def lone(u: int, at: int) -> None:
+        col = pairs[:, :, :, (u + 1) % 2, :, :, (u + 1) // 2]  # (N, colour, sub-row, sub-column, h)
+        dst[..., at * s:(at + 1) * s].unflatten(2, (-1, s)).copy_(col.permute(0, 1, 4, 2, 3))
+
+    at = 0
+    if first % 2 == 0 and w:  # the second half of a pair
+        lone(first, 0)
+        at = 1
+    m = (w - at) // 2
+    if m:
+        j0 = (first + at + 1) // 2
+        src = pairs[..., j0:j0 + m].permute(0, 1, 5, 2, 6, 3, 4)  # (N, colour, h, sub-row, m, p, sub-column)
+        dst[..., at * s:(at + 2 * m) * s].unflatten(3, (m, 2, s)).unflatten(2, (-1, s)).copy_(src)
+    if at + 2 * m < w:
+        lone(first + w - 1, w - 1)
+
+
+def split_stream(model: nn.Module, pair_columns: Optional[bool] = None) -> nn.Module:
+    """`SplitSqueezeSR` of a SqueezeSR (eval mode, the original untouched); other models as they are.
+
+    `pair_columns`: the tail in column pairs (default: where it has at most PAIR_MAX_CHANNELS outputs, x2).
+    """
     if isinstance(model, SplitSqueezeSR) or not isinstance(model, SqueezeSR):
         return model
-    return SplitSqueezeSR(model).eval()
+    return SplitSqueezeSR(model, pair_columns).eval()
 
 
 def receptive_radius(model: nn.Module) -> Optional[int]:
@@ -202,5 +298,5 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
 
 fuse = reparameterize
 
-__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "SplitSqueezeSR", "Subpixel", "fuse", "receptive_radius", "reparameterize",
-           "split_stream"]
+__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "fuse", "receptive_radius",
+           "reparameterize", "shuffle_into", "shuffle_pairs_into", "split_stream", "unpair_columns"]
