@@ -104,8 +104,8 @@ def main() -> None:
         from srkd_cli.export import onnx_bytes
 
         n = torch.get_num_threads()
-        split = split_stream(plain, pair_columns=False)  # the rows before "column pairs"
-        paired = split_stream(plain)  # what --backend onnxruntime runs (column pairs at x2)
+        split = split_stream(plain)  # the rows before "column pairs"
+        paired = split_stream(plain, pair_columns=None)  # what --backend onnxruntime runs (column pairs at x2)
         rows += [(f"onnxruntime {g}", OnnxModel.from_torch(m, threads=n), plain)
                  for g, m in (("plain", plain), ("fused", reparameterize(plain)))]
         rows += [("onnxruntime split", OnnxModel.from_torch(split, threads=n), plain),

@@ -112,7 +112,7 @@ def main() -> None:
         y0, x0, y1, x1 = HaloTiles(None, args.scale, r, ORT_CPU_TILE, workers=args.threads).pieces(h, w)[0]
         ph, pw = min(h, y1 - y0 + 2 * r), min(w, x1 - x0 + 2 * r)
         show(f"onnxruntime, one {y1 - y0}x{x1 - x0} piece with its halo ({ph}x{pw}), 1 thread, as --backend onnxruntime",
-             ort_profile(Subpixel(split_stream(model)), x[:, :, :ph, :pw].contiguous(), 1, 10 * args.runs))
+             ort_profile(Subpixel(split_stream(model, pair_columns=None)), x[:, :, :ph, :pw].contiguous(), 1, 10 * args.runs))
     except ImportError:
         print("\n(onnxruntime not installed: pip install 'srkd[onnx]')")
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, InputError
@@ -142,8 +141,18 @@ class OnnxModel:
         return unpair_columns(y, x.shape[-1], self.scale, self.column_pairs) if self.subpixel_output else y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.run_subpixel(x)
-        return F.pixel_shuffle(y, self.scale) if self.subpixel_output else y
+        y = self.run_raw(x)
+        if not self.subpixel_output:
+            return y
+        from .archs.fuse import shuffle_into, shuffle_pairs_into
+
+        n, _, h, w = x.shape
+        out = y.new_empty(n, y.shape[1] // (self.scale * self.scale * self.column_pairs), h * self.scale, w * self.scale)
+        if self.column_pairs == 2:
+            shuffle_pairs_into(out, y, 0, self.scale)
+        else:
+            shuffle_into(out, y, self.scale)
+        return out
 
     forward = __call__
 
@@ -318,7 +327,7 @@ def onnx_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", thre
     device = torch.device(device)
     n = threads or torch.get_num_threads()
     radius = receptive_radius(model)
-    form = {"plain": lambda m: m, "fused": reparameterize, "split": split_stream}[graph]
+    form = {"plain": lambda m: m, "fused": reparameterize, "split": lambda m: split_stream(m, pair_columns=None)}[graph]
     src = copy.deepcopy(form(model)).cpu().eval()
     meta = None
     if isinstance(src, SplitSqueezeSR):  # the pixel shuffle is done by OnnxModel, or by HaloTiles as it copies

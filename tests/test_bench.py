@@ -145,7 +145,7 @@ def test_fused_and_split_squeezesr_equal_unfused(scale):
         assert len(tiled.pieces(37, 29)) == 9
         assert (tiled(x) - ref).abs().max() < 1e-5
         assert (optimize(model, "cpu")(x) - ref).abs().max() < 1e-5
-        split = split_stream(model)
+        split = split_stream(model, pair_columns=None)  # as backends.onnx_runner makes it
         assert (split(x) - ref).abs().max() < 1e-5 and receptive_radius(split) == receptive_radius(model) == 5
         sub = Subpixel(split)
         # x2's 12-channel tail computes column pairs (24 channels, width // 2 + 1); x3/x4 do not
@@ -153,7 +153,7 @@ def test_fused_and_split_squeezesr_equal_unfused(scale):
         assert split.column_pairs == sub.metadata["column_pairs"] == pairs
         assert sub(x).shape == ((2, 24, 37, 15) if pairs == 2 else (2, 3 * scale * scale, 37, 29))
         assert split.subpixel(x).shape == (2, 3 * scale * scale, 37, 29)
-        unpaired = split_stream(model, pair_columns=False)
+        unpaired = split_stream(model)  # the default: a whole-image graph gains nothing from pairs
         assert unpaired.column_pairs == 1 and (unpaired(x) - ref).abs().max() < 1e-5
         assert (split_stream(model, pair_columns=True)(x) - ref).abs().max() < 1e-5  # pairs work at any scale
 

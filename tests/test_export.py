@@ -205,7 +205,7 @@ def test_conv_net_exports_carry_symbolic_shapes_so_adds_fold_into_convs(tmp_path
     from srkd_cli.archs.fuse import Subpixel, split_stream
     from srkd_cli.export import _same_size_shapes, onnx_bytes
 
-    graph = Subpixel(split_stream(model_for("squeezesr", 2)))
+    graph = Subpixel(split_stream(model_for("squeezesr", 2), pair_columns=None))
     plain = onnx.load_from_string(onnx_bytes(graph, symbolic_shapes=False))
     assert _same_size_shapes(plain.graph) is not None  # annotated directly, without sympy
     shaped = onnx.load_from_string(onnx_bytes(graph))

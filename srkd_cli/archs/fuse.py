@@ -263,10 +263,12 @@ def shuffle_pairs_into(dst: torch.Tensor, y: torch.Tensor, first: int, scale: in
         lone(first + w - 1, w - 1)
 
 
-def split_stream(model: nn.Module, pair_columns: Optional[bool] = None) -> nn.Module:
+def split_stream(model: nn.Module, pair_columns: Optional[bool] = False) -> nn.Module:
     """`SplitSqueezeSR` of a SqueezeSR (eval mode, the original untouched); other models as they are.
 
-    `pair_columns`: the tail in column pairs (default: where it has at most PAIR_MAX_CHANNELS outputs, x2).
+    `pair_columns`: the tail in column pairs; None: where it has at most PAIR_MAX_CHANNELS
+    outputs (x2). Pairs pay only where the runtime takes the raw output (`Subpixel`, as
+    `backends.onnx_runner` does): in a whole-image graph, undoing them costs more than they save.
     """
     if isinstance(model, SplitSqueezeSR) or not isinstance(model, SqueezeSR):
         return model
