@@ -343,7 +343,7 @@ def pick_backend(model: nn.Module, device: Union[str, torch.device] = "cpu", pre
 
     On the CPU in fp32, SqueezeSR (a small receptive field, so exact pieces pay) runs on
     onnxruntime when it is installed, else `torch-opt` (docs/performance.md: 1.5x vs 3x its
-    floor, against 8.6x for plain eager). Everything else, and every GPU, runs `torch`.
+    floor, against 9.4x for plain eager). Everything else, and every GPU, runs `torch`.
     """
     from .archs.fuse import receptive_radius
     from .export import _require_onnx

@@ -111,7 +111,7 @@ def _with_symbolic_shapes(proto):
     and element-wise ops (SqueezeSR) are annotated here directly; others
     go through onnxruntime's symbolic shape inference, whose sympy import alone takes ~0.5 s.
     """
-    shapes = _same_size_shapes(proto.graph)
+    shapes = _conv_net_shapes(proto.graph)
     if shapes is not None:
         _annotate(proto.graph, shapes)
         return proto
@@ -126,7 +126,7 @@ def _with_symbolic_shapes(proto):
 _ELEMENTWISE = {"Relu", "Add", "Sub", "Mul", "Div", "Sigmoid", "Clip", "LeakyRelu", "Identity"}
 
 
-def _same_size_shapes(graph) -> Optional[Dict[str, list]]:
+def _conv_net_shapes(graph) -> Optional[Dict[str, list]]:
     """Each tensor's dims (ints or symbol names) for a graph of 4-D float tensors built only from
     (ungrouped, undilated) Convs, element-wise ops (with constants), channel Concat and
     DepthToSpace; None otherwise."""

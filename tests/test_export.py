@@ -203,11 +203,11 @@ def test_conv_net_exports_carry_symbolic_shapes_so_adds_fold_into_convs(tmp_path
     import onnxruntime as ort
 
     from srkd_cli.archs.fuse import Subpixel, split_stream
-    from srkd_cli.export import _same_size_shapes, onnx_bytes
+    from srkd_cli.export import _conv_net_shapes, onnx_bytes
 
     graph = Subpixel(split_stream(model_for("squeezesr", 2), pair_columns=None))
     plain = onnx.load_from_string(onnx_bytes(graph, symbolic_shapes=False))
-    assert _same_size_shapes(plain.graph) is not None  # annotated directly, without sympy
+    assert _conv_net_shapes(plain.graph) is not None  # annotated directly, without sympy
     shaped = onnx.load_from_string(onnx_bytes(graph))
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in shaped.graph.value_info}
     # every tensor but the column-paired tail's (stride 2 across, padding 2: width // 2 + 1) keeps the input's size
