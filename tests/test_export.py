@@ -173,6 +173,12 @@ def test_every_backend_computes_the_same_function(backend, monkeypatch):
             assert isinstance(runner, HaloTiles)
             assert [p[2] - p[0] for p in runner.pieces(300, 37)] == [100, 100, 100]
             assert runner.workers == (2 if backend == "onnxruntime" else 1)
+        if arch == "squeezesr" and backend == "onnxruntime":
+            # one thread: the whole image on one session, its column-paired tail shuffled by OnnxModel
+            whole = prepare(model, backend, "cpu", threads=1)
+            assert not isinstance(whole, HaloTiles) and whole.column_pairs == 2
+            with torch.inference_mode():
+                assert (whole(x) - ref).abs().max().item() < 1e-4
 
 
 def test_tune_cpu_allocator_keeps_results_identical(monkeypatch):
