@@ -109,10 +109,10 @@ def main() -> None:
         rows += [(f"onnxruntime {g}", OnnxModel.from_torch(m, threads=n), plain)
                  for g, m in (("plain", plain), ("fused", reparameterize(plain)))]
         rows += [("onnxruntime split", OnnxModel.from_torch(split, threads=n), plain),
-                 ("... shuffle outside", OnnxModel.from_torch(Subpixel(split), threads=n, meta=Subpixel(split).metadata), plain)]
+                 ("... shuffle outside", OnnxModel.from_torch(Subpixel(split), threads=n), plain)]
         if n > 1:
             def session(m, **kw):
-                return OnnxModel(onnx_bytes(Subpixel(m), meta=Subpixel(m).metadata, **kw), threads=1)
+                return OnnxModel(onnx_bytes(Subpixel(m), **kw), threads=1)
 
             bounds = [ORT_CPU_TILE] + [tuple(int(v) for v in t.split("x")) for t in args.ort_tiles.split(",") if t]
             rows.append(("... strips", HaloTiles(session(split), args.scale, halo, None, workers=n), plain))
@@ -120,7 +120,7 @@ def main() -> None:
                          HaloTiles(session(split, symbolic_shapes=False), args.scale, halo, ORT_CPU_TILE, workers=n), plain))
             rows.append((f"... pieces {ORT_CPU_TILE[0]}x{ORT_CPU_TILE[1]}",
                          HaloTiles(session(split), args.scale, halo, ORT_CPU_TILE, workers=n), plain))
-            if paired is not split and paired.column_pairs > 1:
+            if paired.column_pairs > 1:
                 rows.append(("... tail in column pairs (--backend onnxruntime)", onnx_runner(plain, threads=n), plain))
             rows += [(f"... pieces {h}x{w} instead", HaloTiles(session(paired), args.scale, halo, (h, w), workers=n), plain)
                      for h, w in dict.fromkeys(bounds[1:]) if (h, w) != ORT_CPU_TILE]

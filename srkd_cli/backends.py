@@ -329,13 +329,11 @@ def onnx_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", thre
     radius = receptive_radius(model)
     form = {"plain": lambda m: m, "fused": reparameterize, "split": lambda m: split_stream(m, pair_columns=None)}[graph]
     src = copy.deepcopy(form(model)).cpu().eval()
-    meta = None
     if isinstance(src, SplitSqueezeSR):  # the pixel shuffle is done by OnnxModel, or by HaloTiles as it copies
         src = Subpixel(src)
-        meta = src.metadata
     if pieces and device.type == "cpu" and radius is not None and n > 1:
-        return HaloTiles(OnnxModel.from_torch(src, threads=1, meta=meta), model.scale, radius, ORT_CPU_TILE, workers=n)
-    return OnnxModel.from_torch(src, device=device, threads=n, meta=meta)
+        return HaloTiles(OnnxModel.from_torch(src, threads=1), model.scale, radius, ORT_CPU_TILE, workers=n)
+    return OnnxModel.from_torch(src, device=device, threads=n)
 
 
 def pick_backend(model: nn.Module, device: Union[str, torch.device] = "cpu", precision: str = "fp32") -> str:

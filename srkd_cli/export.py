@@ -61,7 +61,9 @@ def _check_inputs(model: nn.Module) -> Tuple[torch.Tensor, ...]:
 
 
 def _metadata(model: nn.Module, meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    return {"scale": int(model.scale), "window": _window(model), **(meta or {})}
+    """What an export records: scale, window, what the model says of its own output
+    (`export_metadata`, e.g. `archs.fuse.Subpixel`), and `meta`."""
+    return {"scale": int(model.scale), "window": _window(model), **getattr(model, "export_metadata", {}), **(meta or {})}
 
 
 def _require_onnx():

@@ -150,7 +150,7 @@ def test_fused_and_split_squeezesr_equal_unfused(scale):
         sub = Subpixel(split)
         # x2's 12-channel tail computes column pairs (24 channels, width // 2 + 1); x3/x4 do not
         pairs = 2 if scale == 2 else 1
-        assert split.column_pairs == sub.metadata["column_pairs"] == pairs
+        assert split.column_pairs == sub.export_metadata["column_pairs"] == pairs
         assert sub(x).shape == ((2, 24, 37, 15) if pairs == 2 else (2, 3 * scale * scale, 37, 29))
         assert split.subpixel(x).shape == (2, 3 * scale * scale, 37, 29)
         unpaired = split_stream(model)  # the default: a whole-image graph gains nothing from pairs

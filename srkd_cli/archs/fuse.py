@@ -176,13 +176,14 @@ class SplitSqueezeSR(SRModel):
 class Subpixel(nn.Module):
     """A `SplitSqueezeSR` that stops at its tail's raw output, for export (`.scale` kept).
 
-    `metadata` tells the runtime what that output is (`backends.OnnxModel` reads it).
+    `export_metadata` goes into every export of it (`export.onnx_bytes`) and tells the runtime
+    what that output is (`backends.OnnxModel` reads it).
     """
 
     def __init__(self, model: SplitSqueezeSR):
         super().__init__()
         self.model, self.scale = model, model.scale
-        self.metadata = {"subpixel": True, "column_pairs": model.column_pairs}
+        self.export_metadata = {"subpixel": True, "column_pairs": model.column_pairs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.raw_subpixel(x)
