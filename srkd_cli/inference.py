@@ -69,18 +69,10 @@ def available_memory(device: torch.device) -> int:
 def bytes_per_input_pixel(spec: ArchSpec, config: dict, scale: int) -> int:
     """Peak float32 memory of one forward pass per input pixel, its output included.
 
-    Fitted with about 10 % to spare to the peak RSS of tiled CPU runs of the default
-    configurations at x2, x3 and x4 (docs/upscale.md): SwinIR's attention scores dominate, and
-    at x4 the EDSR upsampler's wide convolutions at twice the input size.
+    Each architecture states its own (`ArchSpec.bytes_per_pixel`), fitted with about 10 % to
+    spare to the peak RSS of tiled CPU runs of the default configurations (docs/upscale.md).
     """
-    out = 4 * 3 * scale * scale
-    if spec.name == "swinir":
-        dim, heads, n = config["embed_dim"], config["num_heads"], config["window_size"] ** 2
-        return 4 * (24 * dim + 7 * heads * n) + 10 * out
-    nf = config.get("n_feats", 64)
-    if spec.name == "edsr-t":
-        return 4 * nf * (10 + 3 * scale * scale) + 3 * out
-    return 4 * nf * 11 + 7 * out  # squeezesr and other plain convolution stacks
+    return int(spec.bytes_per_pixel(config, scale))
 
 
 @dataclass

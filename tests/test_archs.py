@@ -10,8 +10,8 @@ def test_swinir_parameter_counts_match_spec(blocks, params):
     assert count_params(build_model("swinir", scale=2, blocks=blocks)) == params
 
 
-def test_registry_lists_the_three_architectures():
-    assert list_archs() == ["edsr-t", "squeezesr", "swinir"]
+def test_registry_lists_the_architectures():
+    assert list_archs() == ["edsr-t", "imdn", "squeezesr", "swinir"]
     assert get_arch("EDSR_T") is ARCHS["edsr-t"]
     with pytest.raises(ConfigError, match="unknown architecture 'vdsr'"):
         get_arch("vdsr")
@@ -21,7 +21,8 @@ def test_registry_lists_the_three_architectures():
         build_model("squeezesr", 5)
 
 
-@pytest.mark.parametrize("arch,cfg", [("edsr-t", {"modules_per_block": 2}), ("squeezesr", {}), ("swinir", {"blocks": 1, "depth": 2})])
+@pytest.mark.parametrize("arch,cfg", [("edsr-t", {"modules_per_block": 2}), ("imdn", {"blocks": 2}), ("squeezesr", {}),
+                                      ("swinir", {"blocks": 1, "depth": 2})])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_shapes_features_and_detection(arch, cfg, scale):
     torch.manual_seed(0)

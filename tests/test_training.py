@@ -259,8 +259,12 @@ def test_recipe_pairs_and_init_from_teacher():
         init_from_teacher(build_model("swinir", 2, **{**TINY_SWIN, "embed_dim": 8}), teacher)
     with pytest.raises(ConfigError, match="does not fit"):
         make_distill_recipe("squeezesr", build_model("squeezesr", 2), "swinir", teacher)
-    with pytest.raises(ConfigError, match="cannot be matched"):  # 8-channel teacher, 64-channel student
-        make_distill_recipe("squeezesr", build_model("squeezesr", 2), "edsr-t", build_model("edsr-t", 2, **TINY_EDSR))
+    # an 8-channel teacher and a 64-channel student: each pair gets a 1x1 adapter to the teacher's width
+    wide = make_distill_recipe("squeezesr", build_model("squeezesr", 2), "edsr-t", build_model("edsr-t", 2, **TINY_EDSR))
+    assert {k: tuple(a.weight.shape) for k, a in wide.adapters.items()} == {f"S{i}": (8, 64, 1, 1) for i in (1, 2, 3)}
+    with pytest.raises(ConfigError, match="pairs each student block"):
+        make_distill_recipe("squeezesr", build_model("squeezesr", 2, blocks=2), "edsr-t",
+                            build_model("edsr-t", 2, **{**TINY_EDSR, "blocks": 3}))
     with pytest.raises(ConfigError, match="upscales x2 .* --scale 3"):
         make_distill_recipe("swinir", build_model("swinir", 3, **TINY_SWIN), "swinir", teacher)
 
@@ -326,8 +330,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(images, tmp_path):
     trainer = Trainer(_cfg(images, tmp_path / "nan", steps=10, ckpt_every=2, log_every=3))
     real = trainer.recipe
 
-    def poisoned(net, lr, hr):
-        total, parts = real(net, lr, hr)
+    def poisoned(net, lr, hr, cached=None):
+        total, parts = real(net, lr, hr, cached)
         return (total * float("nan"), parts) if trainer.step >= 4 else (total, parts)
 
     trainer.recipe = poisoned

@@ -18,6 +18,7 @@ import torch
 from ..errors import ConfigError
 from .base import SRModel
 from .edsr_t import EDSRT
+from .imdn import IMDN
 from .squeezesr import SqueezeSR
 from .swinir import SwinIR
 
@@ -33,8 +34,14 @@ class ArchSpec:
     detect: Callable[[StateDict], Optional[Tuple[Dict[str, Any], int]]]
     description: str
     feature_names: Callable[[Dict[str, Any]], Tuple[str, ...]]
+    # Peak float32 bytes of one forward pass per input pixel, output included (tile sizing).
+    bytes_per_pixel: Callable[[Dict[str, Any], int], int]
+    # Training defaults: LR patch side and learning rate.
+    train_defaults: Dict[str, Any] = field(default_factory=lambda: {"patch": 48, "lr": 2e-4})
     # fp16 is unsafe where activations overflow 65504 (SwinIR's attention is known to).
     supports_half: bool = True
+    # Convnets run faster channels-last with cuDNN and oneDNN alike; attention is mostly matmuls.
+    channels_last: bool = True
     window_multiple: Callable[[Dict[str, Any]], int] = field(default=lambda cfg: 1)
 
     def config(self, **overrides: Any) -> Dict[str, Any]:
@@ -98,6 +105,14 @@ def _detect_edsr_t(sd: StateDict):
     return cfg, scale
 
 
+def _detect_imdn(sd: StateDict):
+    if "fea_conv.weight" not in sd or "IMDB1.c1.weight" not in sd or "upsampler.0.weight" not in sd:
+        return None
+    cfg = dict(n_feats=sd["fea_conv.weight"].shape[0], blocks=_count(sd, r"IMDB(\d+)\."))
+    scale = _scale_from_channels(sd["upsampler.0.weight"].shape[0])
+    return (cfg, scale) if scale else None
+
+
 def _detect_squeezesr(sd: StateDict):
     if "head.weight" not in sd or "body.0.squeeze.weight" not in sd:
         return None
@@ -121,6 +136,18 @@ ARCHS: Dict[str, ArchSpec] = {
             detect=_detect_edsr_t,
             description="EDSR-T teacher (paper 1): 3 residual blocks x 9 residual modules",
             feature_names=lambda cfg: tuple(f"T{i + 1}" for i in range(cfg["blocks"])),
+            # at x4 the upsampler's wide convolutions at twice the input size dominate
+            bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (10 + 3 * s * s) + 3 * 12 * s * s,
+        ),
+        ArchSpec(
+            name="imdn",
+            cls=IMDN,
+            defaults=dict(n_feats=64, blocks=6),
+            detect=_detect_imdn,
+            description="IMDN (Hui et al. 2019), official weights: a lightweight teacher a CPU can run",
+            feature_names=lambda cfg: IMDN.feature_names_for(cfg["blocks"]),
+            # every block's output is kept for the final fusion, then concatenated once more
+            bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (2 * cfg["blocks"] + 6) + 7 * 12 * s * s,
         ),
         ArchSpec(
             name="squeezesr",
@@ -129,6 +156,8 @@ ARCHS: Dict[str, ArchSpec] = {
             detect=_detect_squeezesr,
             description="SqueezeSR student (paper 1): 3 fire-style squeeze blocks",
             feature_names=lambda cfg: tuple(f"S{i + 1}" for i in range(cfg["blocks"])),
+            bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 11 + 7 * 12 * s * s,
+            train_defaults={"patch": 48, "lr": 1e-3},
         ),
         ArchSpec(
             name="swinir",
@@ -137,7 +166,12 @@ ARCHS: Dict[str, ArchSpec] = {
             detect=_detect_swinir,
             description="SwinIR-light (paper 2): 4 RSTBs as teacher, 1-3 RSTBs as students",
             feature_names=lambda cfg: ("F1",),
+            # the attention scores of every window dominate
+            bytes_per_pixel=lambda cfg, s: 4 * (24 * cfg["embed_dim"] + 7 * cfg["num_heads"] * cfg["window_size"] ** 2)
+            + 10 * 12 * s * s,
+            train_defaults={"patch": 64, "lr": 2e-4},  # paper 2 and SwinIR
             supports_half=False,
+            channels_last=False,
             window_multiple=lambda cfg: int(cfg["window_size"]),
         ),
     )

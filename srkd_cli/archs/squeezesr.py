@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .base import ResidualBodySR
 
 
@@ -27,6 +28,9 @@ class SqueezeSR(ResidualBodySR):
     feature_prefix = "S"
 
     def __init__(self, scale: int = 2, n_feats: int = 64, blocks: int = 3, squeeze: int = 16, expand1x1: int = 32):
+        if not 0 < expand1x1 < n_feats or squeeze < 1 or blocks < 1:
+            raise ConfigError(f"squeezesr: needs blocks >= 1, squeeze >= 1 and 0 < expand1x1 < n_feats "
+                              f"(got blocks={blocks}, squeeze={squeeze}, expand1x1={expand1x1}, n_feats={n_feats})")
         super().__init__()
         self.scale = scale
         self.feature_names = tuple(f"S{i + 1}" for i in range(blocks))

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
+from ..archs import ARCHS
 from ..errors import ConfigError
 from . import app
 from .console import console
@@ -109,7 +110,7 @@ def _common(**kw: Any) -> Dict[str, Any]:
 @app.command()
 @_shared_options
 def train(
-    arch: str = typer.Option(..., "--arch", help="edsr-t, squeezesr or swinir."),
+    arch: str = typer.Option(..., "--arch", help=f"Architecture: {', '.join(ARCHS)}."),
     blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual/squeeze blocks or RSTBs (default: the architecture's)."),
     **kw: Any,
 ) -> int:
@@ -126,12 +127,14 @@ def train(
 @app.command()
 @_shared_options
 def distill(
-    teacher: str = typer.Option(..., "--teacher", help="Teacher: zoo name (swinir4, swinir4-x2) or weights file."),
-    student: str = typer.Option(..., "--student", help="squeezesr (from edsr-t, paper 1) or swinir (from swinir, paper 2)."),
+    teacher: str = typer.Option(..., "--teacher", help="Teacher: zoo name (imdn, imdn-x2, swinir4, ...) or weights file."),
+    student: str = typer.Option(..., "--student", help="squeezesr (from edsr-t or imdn: paper 1's recipe) or swinir (from swinir: paper 2's)."),
     student_blocks: Optional[int] = typer.Option(None, "--student-blocks", help="Student blocks (default: swinir teacher's - 1; squeezesr: the teacher's)."),
     alpha: float = typer.Option(0.75, "--alpha", help="Paper 2: weight of L1(S,HR); 1-alpha goes to L1(S,T)+MSE(F1)."),
     feat_loss: str = typer.Option("l1", "--feat-loss", help="Paper 1: feature distance, l1 or mse."),
     feat_weight: float = typer.Option(0.1, "--feat-weight", help="Paper 1: weight beta of the feature loss."),
+    out_weight: float = typer.Option(0.0, "--out-weight", help="Paper 1 recipe: add this weight times L1(student, teacher output) (paper 2's output term)."),
+    teacher_cache: str = typer.Option("off", "--teacher-cache", help="off (teacher runs every step), ram, or a folder: teacher outputs/features computed once per image and augmentation."),
     init_from_teacher: bool = typer.Option(False, "--init-from-teacher", help="SwinIR: start from the teacher's head, first k RSTBs and tail."),
     **kw: Any,
 ) -> int:
@@ -144,5 +147,6 @@ def distill(
     get_arch(student).config(**overrides)
     return _run(dict(
         arch=student, arch_config=overrides, teacher=teacher, init_from_teacher=init_from_teacher,
-        alpha=alpha, feat_loss=feat_loss, feat_weight=feat_weight, **_common(**kw),
+        alpha=alpha, feat_loss=feat_loss, feat_weight=feat_weight, out_weight=out_weight, teacher_cache=teacher_cache,
+        **_common(**kw),
     ))

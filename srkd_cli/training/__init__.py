@@ -1,5 +1,5 @@
 """Training and distillation: data, losses, recipes and the loop. `train(TrainConfig)` runs a job."""
 
-from .trainer import ARCH_DEFAULTS, RunResult, TrainConfig, TrainingDiverged, train
+from .trainer import RunResult, TrainConfig, TrainingDiverged, train
 
-__all__ = ["ARCH_DEFAULTS", "RunResult", "TrainConfig", "TrainingDiverged", "train"]
+__all__ = ["RunResult", "TrainConfig", "TrainingDiverged", "train"]

@@ -153,14 +153,16 @@ class PatchSampler:
         self.generator.set_state(state["generator"])
 
     def draw(self) -> torch.Tensor:
-        """(B, 7) int64 on the CPU: offset, stored width, cropped H, cropped W, window top, left, dihedral code."""
+        """(B, 8) int64 on the CPU: offset, stored width, cropped H, cropped W, window top, left, dihedral
+        code, image index."""
         g, b, s = self.generator, self.batch, self.scale
         idx = torch.multinomial(self._weights, b, replacement=True, generator=g)
         u = torch.rand(b, 2, generator=g, dtype=torch.float64)
         top = (u[:, 0] * self._room_h[idx]).floor().long().clamp_max(self._room_h[idx] - 1)
         left = (u[:, 1] * self._room_w[idx]).floor().long().clamp_max(self._room_w[idx] - 1)
         code = torch.randint(0, 8, (b,), generator=g) if self.augment else torch.zeros(b, dtype=torch.int64)
-        return torch.cat([self._table[idx], ((top - MARGIN) * s)[:, None], ((left - MARGIN) * s)[:, None], code[:, None]], 1)
+        corner = [((top - MARGIN) * s)[:, None], ((left - MARGIN) * s)[:, None], code[:, None], idx[:, None]]
+        return torch.cat([self._table[idx], *corner], 1)
 
     def gather(self, params: torch.Tensor) -> torch.Tensor:
         """The HR windows (B,3,n,n) uint8 that `params` describe, mirrored at the image borders."""
@@ -176,7 +178,8 @@ class PatchSampler:
         return self.store.flat[index]
 
     def next(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        params = self.draw()
+        """The next batch; `last_params` keeps its draw (the teacher cache crops at the same place)."""
+        params = self.last_params = self.draw()
         if self.device.type == "cuda":
             params = params.pin_memory().to(self.device, non_blocking=True)
         window = self.gather(params).float().div_(255.0)

@@ -8,6 +8,7 @@ held in eval mode with `requires_grad=False` and runs once per batch under `torc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -21,15 +22,20 @@ StudentFn = Callable[[torch.Tensor], Tuple[torch.Tensor, Dict[str, torch.Tensor]
 Losses = Tuple[torch.Tensor, Dict[str, torch.Tensor]]
 
 
+Teacher = Tuple[torch.Tensor, Dict[str, torch.Tensor]]  # (output or None, features) of the frozen teacher
+
+
 class Recipe:
     """L1 to the HR patch: `srkd train`."""
 
     name = "l1"
     student_features: Tuple[str, ...] = ()
     teacher_features: Tuple[str, ...] = ()
+    needs_teacher_output = False
     teacher: Optional[SRModel] = None
+    adapters: Optional[nn.ModuleDict] = None  # trained with the student, never exported
 
-    def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor) -> Losses:
+    def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
         out, _ = net(lr)
         loss = pixel_loss(out, hr)
         return loss, {"l1": loss}
@@ -48,36 +54,60 @@ class _Distill(Recipe):
     def __init__(self, teacher: SRModel):
         self.teacher = freeze(teacher)
 
-    def run_teacher(self, lr: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def run_teacher(self, lr: torch.Tensor) -> Teacher:
         assert self.teacher is not None
         with torch.no_grad():
             return self.teacher.forward_with_features(lr, self.teacher_features)
 
+    def targets(self, lr: torch.Tensor, cached: Optional[Teacher]) -> Teacher:
+        """The teacher's output and features for this batch: from the teacher cache, or run live."""
+        if cached is None:
+            return self.run_teacher(lr)
+        out, feats = cached
+        return (None if out is None else out.float()), {k: v.float() for k, v in feats.items()}
+
 
 class FeatureKD(_Distill):
-    """Paper 1: L1(S, HR) + beta * sum_i d(S_i, T_i) over the paired block outputs."""
+    """Paper 1: L1(S, HR) + beta * sum_i d(A_i(S_i), T_i) [+ gamma * L1(S, T_out)].
+
+    A_i is a learned 1x1 convolution where a student feature has fewer or more channels than its
+    teacher feature, else the identity. gamma > 0 adds paper 2's output-distillation term.
+    """
 
     name = "paper1-feature-kd"
 
-    def __init__(self, teacher: SRModel, pairs: List[Tuple[str, str]], distance: str = "l1", beta: float = 0.1):
+    def __init__(self, teacher: SRModel, pairs: List[Tuple[str, str]], distance: str = "l1", beta: float = 0.1,
+                 out_weight: float = 0.0):
         super().__init__(teacher)
         if distance not in DISTANCES:
             raise ConfigError(f"--feat-loss {distance}: use one of {', '.join(DISTANCES)}")
         if beta < 0:
             raise ConfigError(f"--feat-weight {beta}: must be >= 0")
-        self.pairs, self.distance, self.beta = pairs, distance, beta
-        self.student_features = tuple(s for s, _ in pairs)
-        self.teacher_features = tuple(t for _, t in pairs)
+        if out_weight < 0:
+            raise ConfigError(f"--out-weight {out_weight}: must be >= 0")
+        self.pairs, self.distance, self.beta, self.out_weight = pairs, distance, beta, out_weight
+        self.student_features = tuple(s for s, _ in pairs) if beta > 0 else ()
+        self.teacher_features = tuple(t for _, t in pairs) if beta > 0 else ()
+        self.needs_teacher_output = out_weight > 0
+        self.adapters = nn.ModuleDict()
 
-    def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor) -> Losses:
-        _, t_feats = self.run_teacher(lr)
+    def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
+        t_out, t_feats = self.targets(lr, cached)
         out, s_feats = net(lr)
         l1 = pixel_loss(out, hr)
-        feat = feature_kd_loss(s_feats, t_feats, self.pairs, self.distance, self.beta)
-        return l1 + feat, {"l1": l1, "feat": feat}
+        parts = {"l1": l1}
+        total = l1
+        if self.beta > 0:
+            parts["feat"] = feature_kd_loss(s_feats, t_feats, self.pairs, self.distance, self.beta)
+            total = total + parts["feat"]
+        if self.out_weight > 0:
+            parts["kd_out"] = pixel_loss(out, t_out)
+            total = total + self.out_weight * parts["kd_out"]
+        return total, parts
 
     def describe(self) -> Dict[str, object]:
-        return {"recipe": self.name, "pairs": self.pairs, "feat_loss": self.distance, "feat_weight": self.beta}
+        return {"recipe": self.name, "pairs": self.pairs, "feat_loss": self.distance, "feat_weight": self.beta,
+                "out_weight": self.out_weight, "adapters": sorted(self.adapters.keys()) if self.adapters else []}
 
 
 class AlphaKD(_Distill):
@@ -86,15 +116,17 @@ class AlphaKD(_Distill):
     name = "paper2-alpha-kd"
     student_features = ("F1",)
     teacher_features = ("F1",)
+    needs_teacher_output = True
 
     def __init__(self, teacher: SRModel, alpha: float = 0.75):
         super().__init__(teacher)
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"--alpha {alpha}: must lie in [0, 1]")
         self.alpha = alpha
+        self.adapters = nn.ModuleDict()
 
-    def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor) -> Losses:
-        t_out, t_feats = self.run_teacher(lr)
+    def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
+        t_out, t_feats = self.targets(lr, cached)
         out, s_feats = net(lr)
         return alpha_kd_loss(out, t_out, hr, s_feats["F1"], t_feats["F1"], self.alpha)
 
@@ -102,16 +134,58 @@ class AlphaKD(_Distill):
         return {"recipe": self.name, "alpha": self.alpha}
 
 
-PAIRS = frozenset({("squeezesr", "edsr-t"), ("swinir", "swinir")})  # (student, teacher): paper 1, paper 2
+def _numbered_pairs(student: SRModel, teacher: SRModel) -> List[Tuple[str, str]]:
+    """S1..Sn with T1..Tn: each student block learns the teacher feature of the same number."""
+    s_names = [n for n in student.feature_names if n.startswith("S")]
+    t_names = [n for n in teacher.feature_names if n.startswith("T")]
+    if len(s_names) != len(t_names):
+        raise ConfigError(
+            f"--student-blocks {len(s_names)}: paper 1 pairs each student block with a teacher feature "
+            f"and this teacher has {len(t_names)} ({', '.join(t_names)})"
+        )
+    return list(zip(s_names, t_names))
+
+
+def _squeezesr_width(n_feats: int, **more: object) -> Dict[str, object]:
+    """A SqueezeSR as wide as the teacher, squeeze and expand in the default 64/16/32 proportions."""
+    return {"n_feats": n_feats, "squeeze": max(1, n_feats // 4), "expand1x1": max(1, n_feats // 2), **more}
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """How a student architecture learns from a teacher architecture."""
+
+    recipe: str  # "feature" (paper 1) or "alpha" (paper 2)
+    student_config: Callable[[Dict[str, object]], Dict[str, object]]  # teacher config -> student defaults
+    features: Callable[[SRModel, SRModel], List[Tuple[str, str]]]  # (student feature, teacher feature)
+    note: str
+    shares_weights: bool = False  # --init-from-teacher can copy the student's weights from the teacher
+
+
+# (student, teacher) -> pairing: the one table of what distils from what.
+PAIRINGS: Dict[Tuple[str, str], Pairing] = {
+    ("squeezesr", "edsr-t"): Pairing(
+        "feature", lambda t: _squeezesr_width(int(t["n_feats"]), blocks=t["blocks"]), _numbered_pairs,
+        "paper 1: S1..S3 learn EDSR-T's T1..T3"),
+    ("squeezesr", "imdn"): Pairing(
+        "feature", lambda t: {"blocks": int(t["blocks"]) // 2}, _numbered_pairs, "paper 1's recipe: S1..S3 learn IMDN's blocks 2, 4, 6 (T1..T3)"),
+    ("swinir", "swinir"): Pairing(
+        "alpha", lambda t: {**t, "blocks": max(1, int(t["blocks"]) - 1)}, lambda s, t: [("F1", "F1")],
+        "paper 2: a SwinIR with fewer RSTBs learns the teacher's output and F1", shares_weights=True),
+}
+
+
+def get_pairing(student_arch: str, teacher_arch: str) -> Pairing:
+    """The pairing for (student, teacher), or a ConfigError listing the pairs srkd knows."""
+    pairing = PAIRINGS.get((student_arch, teacher_arch))
+    if pairing is None:
+        known = "; ".join(f"--student {s} from a {t} teacher" for s, t in PAIRINGS)
+        raise ConfigError(f"--student {student_arch} does not fit a {teacher_arch} teacher: srkd distils {known}")
+    return pairing
 
 
 def check_pair(student_arch: str, teacher_arch: str) -> None:
-    """The (student, teacher) pairs a recipe covers: paper 1's and paper 2's."""
-    if (student_arch, teacher_arch) not in PAIRS:
-        raise ConfigError(
-            f"--student {student_arch} does not fit a {teacher_arch} teacher: "
-            "paper 1 distils squeezesr from edsr-t, paper 2 distils swinir from swinir"
-        )
+    get_pairing(student_arch, teacher_arch)
 
 
 def make_distill_recipe(
@@ -122,19 +196,14 @@ def make_distill_recipe(
     alpha: float = 0.75,
     feat_loss: str = "l1",
     feat_weight: float = 0.1,
+    out_weight: float = 0.0,
 ) -> Recipe:
     """The recipe for a (teacher, student) pair, checked on a probe batch so mismatches fail before training."""
     if teacher.scale != student.scale:
         raise ConfigError(f"--teacher upscales x{teacher.scale} but the student is built for --scale {student.scale}")
-    check_pair(student_arch, teacher_arch)
-    if teacher_arch == "edsr-t" and student_arch == "squeezesr":
-        s_names, t_names = student.feature_names, teacher.feature_names
-        if len(s_names) != len(t_names):
-            raise ConfigError(
-                f"--student-blocks {len(s_names)}: paper 1 pairs each student block with a teacher block "
-                f"and this teacher has {len(t_names)}"
-            )
-        recipe: Recipe = FeatureKD(teacher, list(zip(s_names, t_names)), feat_loss, feat_weight)
+    pairing = get_pairing(student_arch, teacher_arch)
+    if pairing.recipe == "feature":
+        recipe: Recipe = FeatureKD(teacher, pairing.features(student, teacher), feat_loss, feat_weight, out_weight)
     else:
         recipe = AlphaKD(teacher, alpha)
     _probe(recipe, student)
@@ -142,8 +211,8 @@ def make_distill_recipe(
 
 
 def _probe(recipe: Recipe, student: SRModel) -> None:
-    """Compare the paired features' shapes on a small input."""
-    assert recipe.teacher is not None
+    """Compare the paired features' shapes on a small input; differing channel counts get a 1x1 adapter."""
+    assert recipe.teacher is not None and recipe.adapters is not None
     ws = max(getattr(recipe.teacher, "window_size", 1), getattr(student, "window_size", 1))
     p = next(student.parameters())
     side = 2 * ws if ws > 1 else 8
@@ -152,11 +221,16 @@ def _probe(recipe: Recipe, student: SRModel) -> None:
         _, t_feats = recipe.teacher.forward_with_features(x, recipe.teacher_features)
         _, s_feats = student.forward_with_features(x, recipe.student_features)
     for s, t in zip(recipe.student_features, recipe.teacher_features):
-        if s_feats[s].shape != t_feats[t].shape:
+        s_shape, t_shape = tuple(s_feats[s].shape[1:]), tuple(t_feats[t].shape[1:])
+        if s_shape == t_shape:
+            continue
+        if s_shape[1:] != t_shape[1:] or s_feats[s].dim() != 4:
             raise ConfigError(
-                f"the student's feature {s} {tuple(s_feats[s].shape[1:])} cannot be matched to the teacher's "
-                f"{t} {tuple(t_feats[t].shape[1:])}: give the student the teacher's width"
+                f"the student's feature {s} {s_shape} cannot be matched to the teacher's {t} {t_shape}: "
+                "their sizes differ"
             )
+        # FitNets' regressor: the student's features are mapped to the teacher's width for the loss only.
+        recipe.adapters[s] = nn.Conv2d(s_shape[0], t_shape[0], 1).to(device=p.device, dtype=p.dtype)
 
 
 def copy_matching(model: nn.Module, source: Dict[str, torch.Tensor]) -> Tuple[List[str], List[str]]:
@@ -199,13 +273,19 @@ def init_from_weights(model: SRModel, source: SRModel, name: str) -> str:
 
 
 class WithFeatures(nn.Module):
-    """`forward(x) -> (output, features)`, so DDP and torch.compile see the features as the forward's output."""
+    """`forward(x) -> (output, features)`, so DDP and torch.compile see the features as the forward's output.
 
-    def __init__(self, model: SRModel, names: Tuple[str, ...]):
+    The recipe's adapters live here, beside the model, so they train (and synchronise under DDP)
+    with it; exporting `model` leaves them behind.
+    """
+
+    def __init__(self, model: SRModel, names: Tuple[str, ...], adapters: Optional[nn.ModuleDict] = None):
         super().__init__()
         self.model, self.names = model, tuple(names)
+        self.adapters = adapters if adapters is not None else nn.ModuleDict()
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         if not self.names:
             return self.model(x), {}
-        return self.model.forward_with_features(x, self.names)
+        out, feats = self.model.forward_with_features(x, self.names)
+        return out, {k: self.adapters[k](v) if k in self.adapters else v for k, v in feats.items()}

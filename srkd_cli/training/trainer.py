@@ -44,7 +44,9 @@ from ..errors import ConfigError, SrkdError
 from ..inference import pick_device
 from ..metrics import psnr, to_uint8
 from .data import PatchSampler, ValImage, check_disjoint, data_fingerprint, load_hr_store, load_val_set
-from .recipes import Recipe, WithFeatures, check_pair, init_from_teacher, init_from_weights, make_distill_recipe
+from .recipes import (Recipe, WithFeatures, check_pair, get_pairing, init_from_teacher, init_from_weights,
+                      make_distill_recipe)
+from .teacher_cache import TeacherCache, parse_mode
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -53,13 +55,6 @@ FINAL_FILE = "final.safetensors"
 SCHEDULES = ("cosine", "multistep")
 MULTISTEP_MILESTONES = (0.5, 0.8, 0.9, 0.95)  # fractions of the run; SwinIR's 250k/400k/450k/475k of 500k
 ADAM_BETAS = (0.9, 0.99)
-
-# Per-architecture defaults: LR patch size and learning rate.
-ARCH_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "squeezesr": {"patch": 48, "lr": 1e-3},
-    "edsr-t": {"patch": 48, "lr": 2e-4},
-    "swinir": {"patch": 64, "lr": 2e-4},  # paper 2 and SwinIR
-}
 
 
 class TrainingDiverged(SrkdError):
@@ -103,6 +98,8 @@ class TrainConfig:
     alpha: float = 0.75
     feat_loss: str = "l1"
     feat_weight: float = 0.1
+    out_weight: float = 0.0  # paper 1 recipe: weight of L1(student, teacher output)
+    teacher_cache: str = "off"  # off, ram, or a folder (training/teacher_cache.py)
     command: Optional[str] = None  # recorded in provenance
 
 
@@ -228,7 +225,7 @@ class Trainer:
         self.is_main = self.env.is_main
         self.out = Path(cfg.out)
         self.spec = get_arch(cfg.arch)
-        defaults = ARCH_DEFAULTS[self.spec.name]
+        defaults = self.spec.train_defaults
         self.patch = cfg.patch or defaults["patch"]
         self.base_lr = cfg.lr or defaults["lr"]
         self.warmup = cfg.warmup if cfg.warmup is not None else min(1000, cfg.steps // 20)
@@ -239,17 +236,20 @@ class Trainer:
                 raise ConfigError(f"--val {v}: no such folder")
 
         self.teacher_name: Optional[str] = None
+        self.teacher_sha256: Optional[str] = None
         teacher = self._load_teacher() if cfg.teacher else None
         self.model_config = self._student_config(teacher)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model: SRModel = self.spec.build(cfg.scale, **self.model_config).to(self.device)
         if teacher is not None:
             if cfg.init_from_teacher:
-                if self.spec.name != "swinir" or teacher.spec.name != "swinir":
-                    raise ConfigError("--init-from-teacher: only SwinIR students of a SwinIR teacher share weights")
+                if not get_pairing(self.spec.name, teacher.spec.name).shares_weights:
+                    raise ConfigError(f"--init-from-teacher: a {self.spec.name} student shares no weights with a "
+                                      f"{teacher.spec.name} teacher")
                 init_from_teacher(self.model, teacher.model)
             self.recipe: Recipe = make_distill_recipe(
-                self.spec.name, self.model, teacher.spec.name, teacher.model, cfg.alpha, cfg.feat_loss, cfg.feat_weight
+                self.spec.name, self.model, teacher.spec.name, teacher.model, cfg.alpha, cfg.feat_loss,
+                cfg.feat_weight, cfg.out_weight,
             )
         else:
             self.recipe = Recipe()
@@ -259,12 +259,11 @@ class Trainer:
 
             self.init_note = init_from_weights(self.model, load_model(cfg.init, device="cpu").model, cfg.init)
 
-        # Convnets run faster channels-last with cuDNN and oneDNN alike; SwinIR is mostly matmuls.
-        self.channels_last = self.spec.name != "swinir"
+        self.channels_last = self.spec.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-            if self.recipe.teacher is not None and teacher is not None and teacher.spec.name != "swinir":
-                self.recipe.teacher.to(memory_format=torch.channels_last)
+        if teacher is not None and teacher.spec.channels_last:
+            self.recipe.teacher.to(memory_format=torch.channels_last)
         self.amp = cfg.amp and self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # patches have one fixed size
@@ -273,6 +272,14 @@ class Trainer:
         self.store = load_hr_store(cfg.data, min_size=hr_side, device=self.device)
         self.rank_batch = cfg.batch // self.env.world_size
         self.sampler = PatchSampler(self.store, cfg.scale, self.patch, self.rank_batch, self._stream_seed(self.env.rank))
+        self.teacher_cache: Optional[TeacherCache] = None
+        mode = parse_mode(cfg.teacher_cache)
+        if mode != "off":
+            if self.recipe.teacher is None:
+                raise ConfigError("--teacher-cache needs a teacher (srkd distill)")
+            self.teacher_cache = TeacherCache(
+                self.recipe.teacher, self.store, cfg.scale, self.patch, self.recipe.teacher_features,
+                self.recipe.needs_teacher_output, mode, self.fingerprint)
         self.val_sets: Dict[str, List[ValImage]] = {}
         if self.is_main:
             for v in cfg.val:
@@ -288,10 +295,12 @@ class Trainer:
             self.warnings.append(overlap)
 
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr, betas=ADAM_BETAS, fused=fused or None)
+        self.adapters = self.recipe.adapters if self.recipe.adapters is not None else torch.nn.ModuleDict()
+        trained = [*self.model.parameters(), *self.adapters.parameters()]
+        self.optimizer = torch.optim.Adam(trained, lr=self.base_lr, betas=ADAM_BETAS, fused=fused or None)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
 
-        net: torch.nn.Module = WithFeatures(self.model, self.recipe.student_features)
+        net: torch.nn.Module = WithFeatures(self.model, self.recipe.student_features, self.adapters)
         if self.env.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -348,18 +357,17 @@ class Trainer:
             msg = str(e)
             raise type(e)(f"--teacher {msg}" if msg.startswith(name) else f"--teacher {name}: {msg}") from None
         self.teacher_name = str(teacher.metadata.get("zoo_name") or teacher.path or name)
+        if teacher.path is not None:
+            from ..zoo import sha256_file
+
+            self.teacher_sha256 = sha256_file(teacher.path)
         return teacher
 
     def _student_config(self, teacher) -> Dict[str, Any]:
-        overrides = dict(self.cfg.arch_config)
-        if teacher is not None and self.spec.name == "swinir" and teacher.spec.name == "swinir":
-            # A SwinIR student is the teacher with fewer RSTBs (paper 2).
-            base = {**teacher.config, "blocks": max(1, teacher.config["blocks"] - 1)}
-            return self.spec.config(**{**base, **overrides})
-        if teacher is not None and self.spec.name == "squeezesr" and teacher.spec.name == "edsr-t":
-            overrides.setdefault("blocks", teacher.config["blocks"])
-            overrides.setdefault("n_feats", teacher.config["n_feats"])
-        return self.spec.config(**overrides)
+        """The architecture's defaults, then what the pairing derives from the teacher, then --set/--blocks."""
+        derived = get_pairing(self.spec.name, teacher.spec.name).student_config(teacher.config) if teacher else {}
+        derived = {k: v for k, v in derived.items() if k in self.spec.defaults}
+        return self.spec.config(**{**derived, **self.cfg.arch_config})
 
     # ------------------------------------------------------------------ state
 
@@ -373,6 +381,7 @@ class Trainer:
             "model_config": self.model_config,
             "recipe": self.recipe.describe(),
             "model": self.model.state_dict(),
+            "adapters": self.adapters.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"schedule": self.cfg.schedule, "warmup": self.warmup, "steps": self.cfg.steps, "base_lr": self.base_lr},
@@ -409,6 +418,8 @@ class Trainer:
         if st.get("recipe", {}).get("recipe") != self.recipe.name:
             raise ConfigError(f"--resume: {path} was trained with recipe {st.get('recipe')}, not {self.recipe.name}")
         self.model.load_state_dict(st["model"])
+        if st.get("adapters"):
+            self.adapters.load_state_dict(st["adapters"])
         if self.ema and st["ema"] is not None:
             self.ema.model.load_state_dict(st["ema"])
         self.optimizer.load_state_dict(st["optimizer"])
@@ -459,11 +470,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.base_lr, self.cfg.steps, self.warmup, self.cfg.schedule)
         lr_img, hr = self.sampler.next()
+        cached = self.teacher_cache.targets(self.sampler.last_params) if self.teacher_cache else None
         if self.channels_last:
             lr_img = lr_img.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         with amp:
-            total, parts = self.recipe(self.net, lr_img, hr)
+            total, parts = self.recipe(self.net, lr_img, hr, cached)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.clip > 0:
@@ -556,6 +568,8 @@ class Trainer:
             "teacher": self.teacher_name,
             "init_from_teacher": cfg.init_from_teacher,
             "init": cfg.init,
+            "teacher_sha256": self.teacher_sha256,
+            "teacher_cache": cfg.teacher_cache,
             **self.recipe.describe(),
         }
 
@@ -579,6 +593,8 @@ class Trainer:
                     f"{self.spec.name} x{cfg.scale}: {count_params(self.model):,} parameters, "
                     f"{len(self.store)} training images, recipe {self.recipe.name}, device {self.device}"
                 )
+            if self.teacher_cache is not None:
+                self._fill_cache(progress)
             mark_t, mark_step, paused = time.perf_counter(), self.step, 0.0
             while self.step < cfg.steps:
                 self._train_step()
@@ -625,6 +641,21 @@ class Trainer:
                 progress.message(f"stopped at step {self.step} ({stop_reason}); continue with --resume")
         return RunResult(self.out, self.step, completed, final, best, self.best_psnr, self.last_loss,
                          self.export_model(), self.recipe.teacher, stop_reason)
+
+    def _fill_cache(self, progress: "_Progress") -> None:
+        cache = self.teacher_cache
+        assert cache is not None
+        if self.is_main:
+            progress.message(cache.describe())
+        t0, shown = time.perf_counter(), [0]
+
+        def report(done: int, total: int) -> None:
+            if self.is_main and (done * 10 // total > shown[0] or done == total):
+                shown[0] = done * 10 // total
+                progress.message(f"teacher cache: {done}/{total} entries ({cache.made} computed), "
+                                 f"{time.perf_counter() - t0:.0f} s")
+
+        cache.fill(report)
 
     def _flush_if_pending(self) -> None:
         """Never checkpoint weights that a NaN may have reached: check the pending losses first."""
@@ -722,4 +753,4 @@ def train(cfg: TrainConfig) -> RunResult:
         return Trainer(cfg, env).run()
 
 
-__all__ = ["ARCH_DEFAULTS", "RunResult", "TrainConfig", "Trainer", "TrainingDiverged", "lr_at", "train"]
+__all__ = ["RunResult", "TrainConfig", "Trainer", "TrainingDiverged", "lr_at", "train"]
