@@ -141,7 +141,7 @@ def resolve_model(name: str, scale: int) -> ResolvedModel:
     label says so. `ARCH` or `ARCH:KEY=VALUE,...` (e.g. `swinir:blocks=1`) builds an untrained
     architecture directly.
     """
-    from .archs import get_arch
+    from .archs import get_arch, list_archs
     from .checkpoint import load_checkpoint
     from .zoo import get_zoo
 
@@ -172,7 +172,7 @@ def resolve_model(name: str, scale: int) -> ResolvedModel:
     if found is None:
         raise ModelNotFoundError(
             f"--model {name}: not a file, a zoo model (`srkd models`) or an architecture "
-            "(edsr-t, squeezesr, swinir, optionally with options: swinir:blocks=2)")
+            f"({', '.join(list_archs())}, optionally with options: swinir:blocks=2)")
     return found
 
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from .archs import ArchSpec, SRModel, detect_arch, get_arch
+from .archs import ARCHS, ArchSpec, SRModel, detect_arch, get_arch
 from .atomic import atomic_write
 from .errors import CheckpointError, InputError
 
@@ -102,7 +102,7 @@ def load_checkpoint(
         found = detect_arch(sd)
         if found is None:
             sample = ", ".join(list(sd)[:3])
-            raise CheckpointError(f"{path}: unknown architecture (keys like {sample}); srkd knows edsr-t, squeezesr, swinir")
+            raise CheckpointError(f"{path}: unknown architecture (keys like {sample}); srkd knows {', '.join(ARCHS)}")
         spec, config, file_scale = found
     if scale is not None and scale != file_scale:
         raise CheckpointError(f"{path}: this {spec.name} checkpoint upscales x{file_scale}, not x{scale}")
