@@ -114,7 +114,7 @@ def main() -> None:
         show(f"onnxruntime, one {y1 - y0}x{x1 - x0} piece with its halo ({ph}x{pw}), 1 thread, as --backend onnxruntime",
              ort_profile(Subpixel(split_stream(model, pair_columns=None)), x[:, :, :ph, :pw].contiguous(), 1, 10 * args.runs))
     except ImportError:
-        print("\n(onnxruntime not installed: pip install 'srkd[onnx]')")
+        print("\n(onnxruntime not installed: pip install onnx onnxruntime)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ quacks like an `SRModel` for inference: `.scale`, `.eval()`, `.to(device)`, and 
 takes and returns (N,3,h,w) float tensors. `prepare(model, backend)` turns a loaded torch
 model into the callable a backend runs; `srkd bench` and `srkd upscale --backend` use it.
 
-onnxruntime is an optional extra (`pip install "srkd[onnx]"`); without it, asking for the
-onnxruntime backend is a ConfigError that says so.
+onnxruntime is a core dependency where it publishes wheels (pyproject.toml); on a platform
+without it, `--backend auto` falls back to torch-opt with one line saying so (`FALLBACK_NOTE`),
+and asking for onnxruntime by name is a ConfigError that says so. `prepare(..., precision="int8")`
+runs SqueezeSR quantised (`quantize.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _require_onnxruntime():
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ConfigError('the onnxruntime backend needs onnxruntime: pip install "srkd[onnx]"') from None
+        raise ConfigError("the onnxruntime backend needs onnxruntime, which is not installed (it has no wheel for "
+                          "some platforms): pip install onnxruntime, or use --backend torch-opt") from None
     return onnxruntime
 
 
@@ -336,35 +339,53 @@ def onnx_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", thre
     return OnnxModel.from_torch(src, device=device, threads=n)
 
 
-def pick_backend(model: nn.Module, device: Union[str, torch.device] = "cpu", precision: str = "fp32") -> str:
+FALLBACK_NOTE = ("onnxruntime is not installed (no wheel for this platform?): running SqueezeSR on torch-opt, "
+                 "about 2x slower (pip install onnx onnxruntime)")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
+
+
+def pick_backend(model: nn.Module, device: Union[str, torch.device] = "cpu", precision: str = "fp32",
+                 note=None) -> str:
     """What `--backend auto` runs: the fastest backend measured for `model` that computes the same function.
 
-    On the CPU in fp32, SqueezeSR (a small receptive field, so exact pieces pay) runs on
+    On the CPU in fp32 (or int8), SqueezeSR (a small receptive field, so exact pieces pay) runs on
     onnxruntime when it is installed, else `torch-opt` (docs/performance.md: 1.5x vs 3x its
-    floor, against 9.4x for plain eager). Everything else, and every GPU, runs `torch`.
+    floor, against 9.4x for plain eager), and `note(FALLBACK_NOTE)` says so. Everything else,
+    and every GPU, runs `torch`.
     """
     from .archs.fuse import receptive_radius
     from .export import _require_onnx
 
-    if torch.device(device).type != "cpu" or precision != "fp32" or receptive_radius(model) is None:
+    if torch.device(device).type != "cpu" or precision not in ("fp32", "int8") or receptive_radius(model) is None:
         return "torch"
+    if precision == "int8":
+        return "onnxruntime"  # the only int8 path; prepare() says what is missing if anything is
     try:
-        _require_onnx()  # the [onnx] extra: what exporting in memory needs
+        _require_onnx()  # what exporting in memory needs
     except ConfigError:
+        if note is not None:
+            note(FALLBACK_NOTE)
         return "torch-opt"
     return "onnxruntime"
 
 
 def prepare(model: nn.Module, backend: str = "torch", device: Union[str, torch.device] = "cpu",
-            example: Optional[torch.Tensor] = None, threads: Optional[int] = None):
+            example: Optional[torch.Tensor] = None, threads: Optional[int] = None, precision: str = "fp32", say=None):
     """The callable that runs `model` on `backend`; it has `.scale` and maps (N,3,h,w) -> (N,3,sh,sw).
 
     `example` (an input of the size that will be run) lets the torchscript backend trace;
-    the other backends do not need it.
+    the other backends do not need it. `precision` "int8" (onnxruntime, SqueezeSR, CPU only)
+    runs the quantised graph (`quantize.int8_runner`; `say` hears when it is being made);
+    other precisions are the Upscaler's business, not the backend's.
     """
     device = torch.device(device)
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if precision == "int8":
+        from .quantize import check_int8, int8_runner
+
+        check_int8(model, backend, device)
+        return int8_runner(model.eval().cpu(), device, threads, say=say)
     model = model.eval().to(device)
     if backend == "torch":
         return model
@@ -390,5 +411,5 @@ def prepare(model: nn.Module, backend: str = "torch", device: Union[str, torch.d
     return compiled
 
 
-__all__ = ["BACKENDS", "BACKEND_HELP", "CPU_TILE", "HaloTiles", "OnnxModel", "TracedModel", "ONNX_GRAPHS", "onnx_runner", "optimize",
+__all__ = ["BACKENDS", "BACKEND_HELP", "CPU_TILE", "FALLBACK_NOTE", "HaloTiles", "PRECISION_CHOICES", "OnnxModel", "TracedModel", "ONNX_GRAPHS", "onnx_runner", "optimize",
            "pick_backend", "prepare"]

@@ -53,7 +53,7 @@ from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 RECORD_KEYS = (
-    "model", "scale", "size", "device", "backend", "params", "macs_per_pixel", "median_s", "min_s", "max_s",
+    "model", "scale", "size", "device", "backend", "precision", "params", "macs_per_pixel", "median_s", "min_s", "max_s",
     "mp_per_s", "peak_mem_mb", "ratio_to_opencv", "floor_s", "floor_ratio",
 )
 BICUBIC_ROWS = ("bicubic-torch", "bicubic-opencv", "bicubic-pillow", "bicubic-matlab")
@@ -94,6 +94,7 @@ class _Row:
     times: List[float] = field(default_factory=list)
     inner: int = 1
     peak_mem_mb: Optional[float] = None
+    precision: str = "fp32"
 
 
 # ----------------------------------------------------------------------------- models
@@ -234,6 +235,7 @@ def _bicubic_rows(x: torch.Tensor, scale: int, device: torch.device, size: Tuple
     ]
     for r in rows:
         r.macs_per_pixel = BICUBIC_MACS
+        r.precision = "uint8" if r.backend in ("opencv", "pillow") else "fp32"
         r.child = {"kind": r.name, "device": str(r.device)}
     return rows
 
@@ -319,7 +321,7 @@ def _memory_main(recipe_json: str) -> None:
         from .backends import prepare
 
         model = torch.load(r["model_file"], map_location="cpu", weights_only=False)
-        runner = prepare(model, r["backend"], "cpu", example=x, threads=r.get("threads"))
+        runner = prepare(model, r["backend"], "cpu", example=x, threads=r.get("threads"), precision=r.get("precision", "fp32"))
 
         def call():
             with torch.inference_mode():
@@ -367,6 +369,7 @@ def run_bench(
     threads: Optional[int] = None,
     memory: bool = True,
     progress: Optional[Callable[[str], None]] = None,
+    precisions: Sequence[str] = ("fp32",),
 ) -> BenchRecords:
     """Time `models` on each of `backends` and the bicubic baselines on one (1,3,H,W) input.
 
@@ -374,17 +377,25 @@ def run_bench(
     module, counted) where params and MACs come from `counted` (e.g. the model a fused or
     exported runner was made from); `size` is the input's (width, height). Returns one record
     per row with the keys in RECORD_KEYS.
+
+    A backend "auto" is what `srkd upscale` would run for each model (`backends.pick_backend`).
+    `precisions` ("fp32", "int8") time each backend at each precision it has, side by side in
+    the same rounds; int8 exists for SqueezeSR on onnxruntime's CPU (others are skipped, with a note).
     """
-    from .backends import BACKENDS, prepare
+    from .backends import BACKENDS, pick_backend, prepare
     from .inference import pick_device
+    from .quantize import supports_int8
 
     if scale not in (2, 3, 4):
         raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
     if repeat < 1 or warmup < 0:
         raise ConfigError("--repeat must be at least 1 and --warmup at least 0")
     for b in backends:
-        if b not in BACKENDS:
-            raise ConfigError(f"--backend {b}: choose from {', '.join(BACKENDS)}")
+        if b not in BACKENDS + ("auto",):
+            raise ConfigError(f"--backend {b}: choose from auto, {', '.join(BACKENDS)}")
+    for p in precisions:
+        if p not in ("fp32", "int8"):
+            raise ConfigError(f"--precision {p}: bench times fp32 and int8")
     dev = device if isinstance(device, torch.device) else pick_device(device)
     import cv2
 
@@ -427,18 +438,27 @@ def run_bench(
                 except Exception as e:  # e.g. a module holding an onnxruntime session: not picklable
                     notes.append(f"{rm.label}: peak memory not measured ({type(e).__name__}: cannot hand it to a child)")
                     model_file = None
-            for b in backends:
-                say(f"preparing {rm.label} on {b}")
-                runner = prepare(model, b, dev, example=xd, threads=threads)
+            done = set()
+            for asked in backends:
+                for prec in precisions:
+                    b = pick_backend(model, dev, prec, note=lambda n: n in notes or notes.append(n)) if asked == "auto" else asked
+                    if (b, prec) in done:
+                        continue
+                    done.add((b, prec))
+                    if prec == "int8" and not (b == "onnxruntime" and dev.type == "cpu" and supports_int8(model)):
+                        notes.append(f"{rm.label} ({b}): no int8 row (int8 is SqueezeSR on onnxruntime's CPU)")
+                        continue
+                    say(f"preparing {rm.label} on {b} {prec}")
+                    runner = prepare(model, b, dev, example=xd, threads=threads, precision=prec, say=say)
 
-                def call(runner=runner):
-                    with torch.inference_mode():
-                        return runner(xd)
+                    def call(runner=runner):
+                        with torch.inference_mode():
+                            return runner(xd)
 
-                row = _Row(rm.label, b, dev, call, params, macs)
-                if model_file:
-                    row.child = {"kind": "model", "model_file": model_file, "backend": b}
-                rows.append(row)
+                    row = _Row(rm.label, b, dev, call, params, macs, precision=prec)
+                    if model_file:
+                        row.child = {"kind": "model", "model_file": model_file, "backend": b, "precision": prec}
+                    rows.append(row)
         rows += _bicubic_rows(x, scale, dev, size)
         floor_rows = _floor_rows(size, dev, threads)
         timed = rows + floor_rows
@@ -489,6 +509,7 @@ def run_bench(
             "size": f"{w}x{h}",
             "device": str(r.device),
             "backend": r.backend,
+            "precision": r.precision,
             "params": int(r.params),
             "macs_per_pixel": round(float(r.macs_per_pixel), 1) if r.macs_per_pixel is not None else None,
             "median_s": med,

@@ -7,7 +7,9 @@ mask is built from the shape inside the graph too. Every export is then run on t
 sizes, one of them a multiple of the window, and must match the PyTorch output to 1e-4 (max
 abs) before it is written, atomically, with srkd metadata (arch, scale, config) inside.
 
-ONNX needs the optional extra: `pip install "srkd[onnx]"` (onnx and onnxruntime).
+ONNX needs onnx and onnxruntime, core dependencies wherever they publish wheels (pyproject.toml).
+`int8=True` writes SqueezeSR quantised for onnxruntime (`quantize.py`), checked against the fp32
+model to `INT8_TOLERANCE` instead.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .errors import ConfigError, OutputError
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
+# int8 vs fp32, mean |difference| in grey levels (of 255) on natural images: int8 is approximate.
+# Measured 0.7-1.1 (uint8 outputs) on Set5 for the bundled x2-x4 models (tests/test_int8.py, docs/performance.md).
+INT8_TOLERANCE = 1.5
 META_KEY = "srkd"
 
 
@@ -71,7 +76,8 @@ def _require_onnx():
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ConfigError('ONNX export needs onnx and onnxruntime: pip install "srkd[onnx]"') from None
+        raise ConfigError("ONNX export needs onnx and onnxruntime, which are not installed (no wheel for this "
+                          "platform?): pip install onnx onnxruntime") from None
 
 
 def onnx_bytes(model: nn.Module, meta: Optional[Dict[str, Any]] = None, opset: int = DEFAULT_OPSET,
@@ -267,6 +273,52 @@ def export_model(
     return ExportResult(path, fmt, str(meta.get("arch", type(model).__name__)), int(model.scale), diff, path.stat().st_size)
 
 
+def export_int8(model: nn.Module, path: Union[str, os.PathLike], meta: Optional[Dict[str, Any]] = None,
+                overwrite: bool = True) -> ExportResult:
+    """Write the int8 graph of a SqueezeSR `model` (`quantize.int8_onnx_bytes`, cached) to `path`,
+    after checking it is within INT8_TOLERANCE grey levels of the fp32 model on natural crops.
+
+    `max_abs_diff` in the result is that mean |difference| in grey levels, not a max.
+    """
+    import onnx
+
+    from .backends import OnnxModel
+    from .quantize import calibration_crops, calibration_files, check_int8, int8_onnx_bytes
+
+    path = Path(path)
+    check_int8(model)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name, e.g. {path / 'model-int8.onnx'}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: exists (use --overwrite to replace it)")
+    model = model.eval().cpu()
+    proto = onnx.load_from_string(int8_onnx_bytes(model))
+    old = json.loads(next((e.value for e in proto.metadata_props if e.key == META_KEY), "{}"))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps({**old, **(meta or {})}, sort_keys=True)
+    data = proto.SerializeToString()
+    diff = int8_difference(model, OnnxModel(data, threads=1),
+                           [torch.from_numpy(c) for c in calibration_crops(calibration_files()[1], model.scale, n=4, seed=1)])
+    if not diff <= INT8_TOLERANCE:
+        raise OutputError(f"{path}: the int8 export differs from fp32 by {diff:.2f} grey levels on average "
+                          f"(> {INT8_TOLERANCE:g}); not written")
+    _atomic_write(path, lambda p: p.write_bytes(data))
+    arch = str((meta or {}).get("arch", type(model).__name__))
+    return ExportResult(path, "onnx-int8", arch, int(model.scale), diff, path.stat().st_size)
+
+
+def int8_difference(model: nn.Module, runner, inputs) -> float:
+    """Mean |int8 - fp32| in grey levels (outputs clamped to [0,1], x255) over `inputs`."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x in inputs:
+            ref, got = model(x).clamp(0, 1), runner(x).clamp(0, 1)
+            total += float((got - ref).abs().sum()) * 255
+            count += ref.numel()
+    return total / max(1, count)
+
+
 def export(
     name: str,
     output: Union[str, os.PathLike],
@@ -275,16 +327,23 @@ def export(
     opset: int = DEFAULT_OPSET,
     fuse: bool = False,
     overwrite: bool = True,
+    int8: bool = False,
 ) -> ExportResult:
     """Export a zoo model or weights file (`name`) to `output`.
 
     `fuse` exports SqueezeSR re-arranged for the format's runtime (archs/fuse.py): for ONNX
     the split residual stream, for TorchScript the merged expands. Same outputs, faster.
+    `int8`: SqueezeSR quantised for onnxruntime (`export_int8`).
     """
     from .archs.fuse import reparameterize, split_stream
     from .loader import load_model
 
+    if int8 and fmt != "onnx":
+        raise ConfigError(f"--int8 writes ONNX for onnxruntime, not {fmt}; use --format onnx")
     lm = load_model(name, scale=scale, device="cpu")
+    if int8:
+        meta = {"arch": lm.spec.name, "config": lm.config, "source": str(lm.metadata.get("zoo_name") or lm.path or name)}
+        return export_int8(lm.model, output, meta=meta, overwrite=overwrite)
     model = (split_stream if fmt == "onnx" else reparameterize)(lm.model) if fuse else lm.model
     meta = {
         "arch": lm.spec.name,
@@ -295,5 +354,6 @@ def export(
     return export_model(model, output, fmt, meta=meta, opset=opset, overwrite=overwrite)
 
 
-__all__ = ["DEFAULT_OPSET", "ExportResult", "FORMATS", "TOLERANCE", "export", "export_model", "onnx_bytes",
+__all__ = ["DEFAULT_OPSET", "ExportResult", "FORMATS", "INT8_TOLERANCE", "TOLERANCE", "export", "export_int8", "export_model",
+           "int8_difference", "onnx_bytes",
            "torchscript_module", "trace_example"]

@@ -33,7 +33,7 @@ def render_table(records, title: str = "") -> Table:
         table.add_column(name, justify=justify, no_wrap=name != "model")
     for r in records:
         table.add_row(
-            r["model"], r["backend"], r["device"], f"{r['params']:,}", _num(r["macs_per_pixel"], ",.0f"),
+            r["model"], r["backend"] + (" int8" if r.get("precision") == "int8" else ""), r["device"], f"{r['params']:,}", _num(r["macs_per_pixel"], ",.0f"),
             _ms(r["median_s"]), f"{_ms(r['min_s'])}-{_ms(r['max_s'])}", _num(r["mp_per_s"], ".2f"),
             _num(r["peak_mem_mb"], ".0f"), _num(r["ratio_to_opencv"], ".1f"), _ms(r["floor_s"]),
             _num(r["floor_ratio"], ".2f"),
@@ -54,8 +54,13 @@ def bench(
     repeat: int = typer.Option(10, min=1, help="Timed calls per row, after the warm-up."),
     warmup: int = typer.Option(2, min=0, help="Untimed calls per row first."),
     backend: List[str] = typer.Option(
-        ["torch"], "--backend", "-b",
-        help="Runtime (repeatable): torch, torch-opt, onnxruntime (pip install 'srkd[onnx]'), torchscript, compile.",
+        ["auto"], "--backend", "-b",
+        help="Runtime (repeatable): auto (what `srkd upscale` runs for the model), torch, torch-opt, onnxruntime, "
+             "torchscript, compile.",
+    ),
+    precision: List[str] = typer.Option(
+        ["fp32"], "--precision", "-p",
+        help="fp32 or int8 (repeatable: both are timed side by side; int8 is SqueezeSR on onnxruntime's CPU).",
     ),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch, onnxruntime and OpenCV."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (on the CPU: one child process per row)."),
@@ -79,6 +84,7 @@ def bench(
         records = run_bench(
             model, size=(w, h), scale=scale, device=device, repeat=repeat, warmup=warmup, backends=backend,
             threads=threads, memory=memory, progress=None if quiet else (lambda msg: status.update(msg)),
+            precisions=precision,
         )
     if json_out:
         write_json(records, json_out)

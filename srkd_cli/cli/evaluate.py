@@ -15,6 +15,7 @@ from ..inference import Upscaler, pick_device
 from ..loader import load_model
 from . import app
 from .console import console
+from .upscale import _note, make_runner
 
 
 def records_table(records: List[EvalRecord], title: str) -> Table:
@@ -37,6 +38,8 @@ def eval_(
     per_image: bool = typer.Option(False, help="Include per-image scores in the JSON."),
     save_images: Optional[Path] = typer.Option(None, help="Save outputs as DIR/{dataset}/{model}/{stem}.png."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime, as `srkd upscale` runs them."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR on onnxruntime), as `srkd upscale`."),
 ) -> int:
     """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
     if scale not in (2, 3, 4):
@@ -45,15 +48,22 @@ def eval_(
         raise ConfigError("name something to evaluate: --model NAME (or bicubic), --weights PATH or --sr DIR")
     dev = pick_device(device)
     candidates = []  # (label, upscale fn or None, sr_dir)
+
+    def upscaler(lm):
+        # Exactly what `srkd upscale` runs with the same --backend/--precision/--device.
+        runner, _, prec = make_runner(lm.model, backend, precision, dev, say=_note)
+        return Upscaler(runner, lm.spec, lm.config, dev, prec, tile="auto")
+
+    suffix = "" if precision == "fp32" else f" ({precision})"
     for name in model:
         if name.lower() == "bicubic":
             candidates.append(("bicubic", bicubic_upscaler(scale), None))
         else:
             lm = load_model(name, None, scale, dev)
-            candidates.append((lm.metadata.get("zoo_name", name), Upscaler(lm.model, lm.spec, lm.config, dev, tile="auto"), None))
+            candidates.append((lm.metadata.get("zoo_name", name) + suffix, upscaler(lm), None))
     for w in weights:
         lm = load_model(None, w, scale, dev)
-        candidates.append((w.stem, Upscaler(lm.model, lm.spec, lm.config, dev, tile="auto"), None))
+        candidates.append((w.stem + suffix, upscaler(lm), None))
     for d in sr:
         if not d.is_dir():
             raise ConfigError(f"--sr {d}: no such folder")

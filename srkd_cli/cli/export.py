@@ -20,11 +20,17 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (17 or newer)."),
     fuse: bool = typer.Option(False, "--fuse", help="Re-parameterise SqueezeSR first (same outputs, fewer ops)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    int8: bool = typer.Option(False, "--int8", help="SqueezeSR quantised to int8 for onnxruntime's CPU (approximate: "
+                                                     "checked to within 1.5 grey levels of fp32 on average)."),
 ) -> int:
     """Export a model with dynamic batch, height and width; outputs match PyTorch to 1e-4."""
     from ..export import export as do_export
 
-    r = do_export(model, output, fmt=fmt.lower(), scale=scale, opset=opset, fuse=fuse, overwrite=overwrite)
+    r = do_export(model, output, fmt=fmt.lower(), scale=scale, opset=opset, fuse=fuse, overwrite=overwrite, int8=int8)
+    if int8:
+        console.print(f"wrote {r.path} (onnx int8, {r.arch} x{r.scale}, {r.bytes / 1e6:.2f} MB); mean difference "
+                      f"from fp32 {r.max_abs_diff:.2f} grey levels", highlight=False)
+        return 0
     console.print(
         f"wrote {r.path} ({r.format}, {r.arch} x{r.scale}, {r.bytes / 1e6:.2f} MB); "
         f"max difference from PyTorch {r.max_abs_diff:.1e}",

@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
-from ..backends import pick_backend, prepare, tune_cpu_allocator
+from ..backends import PRECISION_CHOICES, pick_backend, prepare, tune_cpu_allocator
+from ..quantize import check_int8
 from ..inference import Upscaler, pick_device
 from ..loader import load_model
 from ..upscale import ALPHA_MODES, FileResult, Job, OutputOptions, collect_inputs, plan_jobs, run_jobs
@@ -39,6 +40,29 @@ def parse_tile(tile: str):
         return int(tile)
     except ValueError:
         raise ConfigError(f"--tile {tile}: give a size in pixels, auto, or none") from None
+
+
+def _note(msg: str) -> None:
+    err_console.print(f"note: {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def make_runner(model, backend: str, precision: str, dev: torch.device, threads: Optional[int] = None,
+                say: Optional[Callable[[str], None]] = None) -> Tuple[Any, str, str]:
+    """(runner, backend label, precision for the Upscaler) for `--backend`/`--precision`, as
+    `srkd upscale` runs them (`srkd eval` scores the same). int8 is the runner's own business:
+    the Upscaler then runs float32 around it."""
+    if backend not in UPSCALE_BACKENDS:
+        raise ConfigError(f"--backend {backend}: choose {', '.join(UPSCALE_BACKENDS)}")
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"--precision {precision}: choose {', '.join(PRECISION_CHOICES)}")
+    if precision == "int8":
+        check_int8(model, backend, dev)
+        return prepare(model, "onnxruntime", dev, threads=threads, precision="int8", say=say), "onnxruntime int8", "fp32"
+    if backend == "onnxruntime" and precision != "fp32":
+        raise ConfigError("--backend onnxruntime runs fp32 (or int8 for SqueezeSR) only")
+    if backend == "auto":
+        backend = pick_backend(model, dev, precision, note=say or (lambda msg: None))
+    return prepare(model, backend, dev, threads=threads), backend, precision
 
 
 def _on_main(env: DistEnv, work: Callable[[], Any]) -> Any:
@@ -67,7 +91,8 @@ def upscale(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A model from `srkd models` (default: the bundled squeezesr for the scale)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A weights file (.safetensors or official .pth)."),
     device: str = typer.Option("auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps."),
-    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU) or bf16; inf/NaN falls back to fp32."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 (inf/NaN falls back to fp32), or int8 (SqueezeSR "
+                                                "on onnxruntime's CPU, quantised: faster, ~0.15 dB lower; docs/performance.md)."),
     tile: str = typer.Option("auto", help="Tile edge in input pixels, 'auto' (from free memory) or 'none'."),
     tile_overlap: int = typer.Option(32, min=0, help="Overlap between tiles in input pixels."),
     tta: bool = typer.Option(False, "--tta", help="x8 self-ensemble (flips and rotations averaged)."),
@@ -83,7 +108,7 @@ def upscale(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse inputs claiming more pixels (decompression-bomb guard)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write per-file records as JSON to this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime (pip install 'srkd[onnx]'); same output to 1e-4. auto: the fastest for the model and device."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime; same output to 1e-4. auto: the fastest for the model and device."),
 ) -> int:
     """Upscale images with a super-resolution model."""
     if scale is not None and scale not in (2, 3, 4):
@@ -139,13 +164,8 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
     init_process_group(env, dev)
     lm = load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev)
     s = lm.scale
-    if backend not in UPSCALE_BACKENDS:
-        raise ConfigError(f"--backend {backend}: choose {', '.join(UPSCALE_BACKENDS)}")
-    if backend == "onnxruntime" and precision != "fp32":
-        raise ConfigError("--backend onnxruntime runs fp32 only")
-    if backend == "auto":
-        backend = pick_backend(lm.model, dev, precision)
-    runner = prepare(lm.model, backend, dev, threads=threads)
+    runner, backend, precision = make_runner(lm.model, backend, precision, dev, threads,
+                                             say=None if (quiet or not env.is_main) else _note)
     upscaler = Upscaler(runner, lm.spec, lm.config, dev, precision, parse_tile(tile), tile_overlap, tta)
 
     def plan() -> Tuple[List[Job], List[FileResult]]:

@@ -1,0 +1,288 @@
+"""int8 SqueezeSR for onnxruntime's CPU: static quantisation, calibrated on training crops, cached.
+
+Any SqueezeSR-architecture model (chosen by its class, not its name) is re-parameterised
+(`archs.fuse.reparameterize`: merged expands, no concat), its residual stream equalised (below),
+exported without the pixel shuffle, and quantised by `onnxruntime.quantization.quantize_static`:
+QDQ format, uint8 activations, int8 per-channel weights, Percentile calibration on
+`RECIPE["crops"]` deterministic LR crops. The result runs like the fp32 backend, in cache-sized
+pieces with an exact halo (`backends.HaloTiles`: quantised convs pad with the zero point, so
+pieces equal a whole-image call).
+
+Why these settings (docs/performance.md has the measurements): QDQ ran faster than QOperator on
+the AVX-512 VNNI CPU measured; the fused graph quantised better and ran faster than the split
+one (whose stream carries `x + h`, a range twice as wide); Percentile beat MinMax and Entropy;
+and equalising the stream (each of its 64 channels scaled by 1 / its calibration max, the
+inverse folded into every conv that reads it; exact in float, through the ReLUs) gave the
+narrow channels more of the 256 levels. What is left of the loss (0.15 dB on Set5 x2) is the
+8-bit residual stream itself, which every op reads; keeping it in float costs more time than
+int8 saves.
+
+The quantised graph is cached under `cache_dir()`, keyed by the weights' sha256, the recipe,
+the calibration files and the onnxruntime version, so it is made once (a few seconds), not per
+call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_write
+from .errors import ConfigError, InputError
+
+# Bump "version" whenever what the recipe produces changes: it is part of the cache key.
+RECIPE: Dict[str, Any] = {
+    "version": 1, "format": "qdq", "activations": "uint8", "weights": "int8-per-channel",
+    "calibration": "percentile", "equalize": 1.0, "crops": 32, "crop": 64, "seed": 0,
+}
+CALIBRATION_ENV = "SRKD_CALIBRATION_DATA"
+_IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def supports_int8(model: nn.Module) -> bool:
+    """Whether `model` has an int8 path: SqueezeSR architecture, whatever its name or weights."""
+    from .archs.squeezesr import SqueezeSR
+
+    return isinstance(model, SqueezeSR)
+
+
+def check_int8(model: nn.Module, backend: str = "onnxruntime", device: Union[str, torch.device] = "cpu") -> None:
+    """Raise a one-line ConfigError unless `model` on `backend`/`device` can run int8."""
+    if not supports_int8(model):
+        raise ConfigError(f"--precision int8: only SqueezeSR-architecture models have an int8 path, "
+                          f"not {type(model).__name__}; use --precision fp32")
+    if backend not in ("auto", "onnxruntime"):
+        raise ConfigError(f"--precision int8 runs on --backend onnxruntime (or auto), not {backend}")
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"--precision int8 runs on the CPU, not {torch.device(device).type}; use --device cpu")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError:
+        raise ConfigError("--precision int8 needs onnxruntime and onnx, which have no wheel for this platform "
+                          "or are not installed: pip install onnx onnxruntime") from None
+
+
+# ----------------------------------------------------------------------------- calibration data
+
+
+def calibration_files(folder: Optional[Union[str, os.PathLike]] = None) -> Tuple[Path, List[Path]]:
+    """(folder, its images, sorted) to calibrate on: `folder`, else $SRKD_CALIBRATION_DATA, else
+    the training sets in ../shared/data/train beside the repository, else the bundled Set5 HR."""
+    candidates = [Path(folder)] if folder else []
+    if not candidates and os.environ.get(CALIBRATION_ENV):
+        candidates = [Path(os.environ[CALIBRATION_ENV]).expanduser()]
+    if not candidates:
+        candidates = [_REPO.parent / "shared" / "data" / "train", _REPO / "tests" / "data" / "Set5" / "HR"]
+    for c in candidates:
+        if c.is_dir():
+            files = sorted(p for p in c.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+            if files:
+                return c, files
+    raise InputError(f"int8 calibration needs images: none in {', '.join(str(c) for c in candidates)} "
+                     f"(set {CALIBRATION_ENV}=DIR, a folder of training images)")
+
+
+def calibration_crops(files: Sequence[Path], scale: int, n: int = RECIPE["crops"], size: int = RECIPE["crop"],
+                      seed: int = RECIPE["seed"]) -> List[np.ndarray]:
+    """`n` (1,3,size,size) float32 LR crops in [0,1]: random HR crops of size*scale (files in a
+    seeded order, one crop each, files too small skipped, as many passes as needed), shrunk with
+    the MATLAB bicubic the models were trained on. The same files give the same crops."""
+    from .imaging.imresize import bicubic_downscale_uint8
+    from .imaging.io import read_uint8
+
+    rng = random.Random(seed)
+    order = list(files)
+    rng.shuffle(order)
+    hs, out = size * scale, []
+    for _ in range(max(1, -(-n // max(1, len(order))))):
+        for f in order:
+            if len(out) == n:
+                return out
+            hr = read_uint8(f)
+            if hr.ndim == 2:
+                hr = np.repeat(hr[..., None], 3, axis=2)
+            hr = hr[..., :3]
+            if hr.shape[0] < hs or hr.shape[1] < hs:
+                continue
+            y, x = rng.randrange(hr.shape[0] - hs + 1), rng.randrange(hr.shape[1] - hs + 1)
+            lr = bicubic_downscale_uint8(np.ascontiguousarray(hr[y:y + hs, x:x + hs]), scale)
+            out.append(np.ascontiguousarray((lr.astype(np.float32) / 255).transpose(2, 0, 1)[None]))
+    if not out:
+        raise InputError(f"int8 calibration: no image of at least {hs}x{hs} pixels among {len(order)} file(s)")
+    return out
+
+
+# ----------------------------------------------------------------------------- the graph
+
+
+class FusedSubpixel(nn.Module):
+    """A FusedSqueezeSR stopped before its pixel shuffle, for export (`backends.OnnxModel` reads
+    `export_metadata` and shuffles, or `HaloTiles` shuffles as it copies)."""
+
+    def __init__(self, fused: nn.Module):
+        super().__init__()
+        self.model, self.scale = fused, fused.scale
+        self.export_metadata = {"subpixel": True, "column_pairs": 1}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        h = m.head(x - m.mean.to(x.dtype))
+        t = h
+        for b in m.body:
+            t = t + F.relu(b.expand(F.relu(b.squeeze(t))))
+        return m.tail[0](t + h)
+
+
+@torch.no_grad()
+def equalize_stream(fused: nn.Module, crops: Sequence[np.ndarray], alpha: float = 1.0) -> nn.Module:
+    """A copy of a FusedSqueezeSR whose residual-stream channel c is scaled by s_c ~ max_c^-alpha
+    (max_c: the channel's largest |value| on `crops`, over every point of the stream), with 1/s_c
+    folded into each conv that reads the stream. Exact in float (ReLU(s*z) = s*ReLU(z) for s > 0);
+    with one 8-bit range per tensor, it evens out how many levels each channel gets."""
+    m = copy.deepcopy(fused).eval()
+    peak = torch.zeros(m.head.out_channels)
+    for c in crops:
+        x = torch.from_numpy(c)
+        h = m.head(x - m.mean)
+        t, points = h, [h]
+        for b in m.body:
+            t = t + F.relu(b.expand(F.relu(b.squeeze(t))))
+            points.append(t)
+        points.append(t + h)
+        peak = torch.maximum(peak, torch.stack([p.abs().amax(dim=(0, 2, 3)) for p in points]).amax(0))
+    s = peak.clamp_min(1e-6) ** (-alpha)
+    s = s / s.log().mean().exp()  # geometric mean 1: weights keep their overall size
+    m.head.weight.mul_(s.view(-1, 1, 1, 1))
+    m.head.bias.mul_(s)
+    for b in m.body:
+        b.squeeze.weight.div_(s.view(1, -1, 1, 1))
+        b.expand.weight.mul_(s.view(-1, 1, 1, 1))
+        b.expand.bias.mul_(s)
+    m.tail[0].weight.div_(s.view(1, -1, 1, 1))
+    return m
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of the model's class, state-dict names, shapes and values (float32 bytes)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{k}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """$SRKD_CACHE/int8, else $XDG_CACHE_HOME/srkd/int8, else ~/.cache/srkd/int8 (beside the zoo's URL cache)."""
+    from .zoo import url_cache_dir
+
+    return url_cache_dir().parent / "int8"
+
+
+def cache_key(model: nn.Module, files: Sequence[Path], folder: Path) -> str:
+    import onnxruntime
+
+    files_id = [(str(p.relative_to(folder)), p.stat().st_size) for p in files]
+    blob = json.dumps({"weights": weights_sha256(model), "scale": int(model.scale), "recipe": RECIPE,
+                       "calibration": files_id, "onnxruntime": onnxruntime.__version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional[Dict[str, Any]] = None) -> bytes:
+    """The int8 ONNX graph of a SqueezeSR `model` (RECIPE), calibrated on `crops`; uncached."""
+    import onnx
+    from onnxruntime import quantization as Q
+
+    from .archs.fuse import reparameterize
+    from .export import onnx_bytes
+
+    fused = equalize_stream(reparameterize(model.eval().cpu()), crops, RECIPE["equalize"])
+    meta = {"precision": "int8", "int8_recipe": RECIPE, **(meta or {})}
+    proto = onnx.load_from_string(onnx_bytes(FusedSubpixel(fused), meta=meta))
+
+    class Reader(Q.CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(crops)
+
+        def get_next(self):
+            a = next(self._it, None)
+            return None if a is None else {proto.graph.input[0].name: a}
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    with tempfile.TemporaryDirectory(prefix="srkd-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        # onnxruntime's quantiser logs advice (pre-processing) and prints histogram progress
+        quiet.setLevel(logging.ERROR)
+        try:
+            out = Path(tmp) / "int8.onnx"
+            Q.quantize_static(
+                proto, out, Reader(), quant_format=Q.QuantFormat.QDQ, per_channel=True,
+                activation_type=Q.QuantType.QUInt8, weight_type=Q.QuantType.QInt8,
+                calibrate_method=Q.CalibrationMethod.Percentile,
+            )
+            q = onnx.load(str(out))
+        finally:
+            quiet.setLevel(level)
+    del q.metadata_props[:]  # the quantiser keeps none of them reliably: copy srkd's over
+    for e in proto.metadata_props:
+        q.metadata_props.add().CopyFrom(e)
+    q.producer_name = "srkd"
+    return q.SerializeToString()
+
+
+def int8_onnx_bytes(model: nn.Module, calibration: Optional[Union[str, os.PathLike]] = None,
+                    cache: bool = True, say=None) -> bytes:
+    """The int8 graph of `model` (a SqueezeSR), from the cache when it has been made before."""
+    check_int8(model)
+    folder, files = calibration_files(calibration)
+    path = cache_dir() / f"{type(model).__name__.lower()}-x{model.scale}-{cache_key(model, files, folder)}.onnx"
+    if cache and path.is_file():
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+    if say:
+        say(f"quantising {type(model).__name__} x{model.scale} to int8 (calibration: {RECIPE['crops']} crops from "
+            f"{folder}; cached in {path.parent})")
+    data = quantize_bytes(model, calibration_crops(files, model.scale))
+    if cache:
+        try:
+            atomic_write(path, lambda p: p.write_bytes(data))
+        except OSError:
+            pass  # an unwritable cache costs a re-quantisation next time, nothing else
+    return data
+
+
+def int8_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
+                say=None):
+    """What `--precision int8` runs: the int8 graph in cache-sized pieces, one single-threaded
+    session per thread (as the fp32 onnxruntime backend), or whole on one session with one thread."""
+    from .archs.fuse import receptive_radius
+    from .backends import ORT_CPU_TILE, HaloTiles, OnnxModel
+
+    check_int8(model, "onnxruntime", device)
+    data = int8_onnx_bytes(model, say=say)
+    n = threads or torch.get_num_threads()
+    if n > 1:
+        return HaloTiles(OnnxModel(data, threads=1), model.scale, receptive_radius(model), ORT_CPU_TILE, workers=n)
+    return OnnxModel(data, threads=1)
+
+
+__all__ = ["CALIBRATION_ENV", "RECIPE", "cache_dir", "calibration_crops", "calibration_files", "check_int8",
+           "equalize_stream", "int8_onnx_bytes", "int8_runner", "quantize_bytes", "supports_int8", "weights_sha256"]
