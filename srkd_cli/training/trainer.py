@@ -215,6 +215,32 @@ class Trainer:
         _check_config(cfg)
         self.cfg = cfg
         self.env = env or dist_env()
+        self.is_main = self.env.is_main
+        self.out = Path(cfg.out)
+        self.spec = get_arch(cfg.arch)
+        self.warnings: List[str] = []
+        self._setup_run()
+        teacher = self._load_teacher() if cfg.teacher else None
+        self._setup_model(teacher)
+        self._setup_data()
+        self._setup_optimiser()
+        self.step = 0
+        self.best_psnr: Optional[float] = None
+        self.last_val: Optional[float] = None
+        self.last_loss: Optional[float] = None
+        self._acc: Optional[torch.Tensor] = None
+        self._acc_steps = 0
+        self._part_names: List[str] = []
+        self._last_ckpt_step: Optional[int] = None
+        self._resumed = False
+        if cfg.resume and (self.out / STATE_FILE).is_file():
+            self._load_state()
+
+    # ------------------------------------------------------------------ setup stages
+
+    def _setup_run(self) -> None:
+        """Processes, threads, device, the run folder, hyper-parameter defaults, the data folders."""
+        cfg = self.cfg
         if cfg.batch % self.env.world_size:
             raise ConfigError(f"--batch {cfg.batch}: must be a multiple of the {self.env.world_size} processes")
         if cfg.threads is not None:
@@ -222,9 +248,6 @@ class Trainer:
                 raise ConfigError(f"--threads {cfg.threads}: must be at least 1")
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, self.env)
-        self.is_main = self.env.is_main
-        self.out = Path(cfg.out)
-        self.spec = get_arch(cfg.arch)
         defaults = self.spec.train_defaults
         self.patch = cfg.patch or defaults["patch"]
         self.base_lr = cfg.lr or defaults["lr"]
@@ -234,10 +257,12 @@ class Trainer:
         for v in cfg.val:
             if not Path(v).is_dir():
                 raise ConfigError(f"--val {v}: no such folder")
-
         self.teacher_name: Optional[str] = None
         self.teacher_sha256: Optional[str] = None
-        teacher = self._load_teacher() if cfg.teacher else None
+
+    def _setup_model(self, teacher) -> None:
+        """The student (derived from the teacher where the pairing says so), its start and the recipe."""
+        cfg = self.cfg
         self.model_config = self._student_config(teacher)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model: SRModel = self.spec.build(cfg.scale, **self.model_config).to(self.device)
@@ -253,12 +278,10 @@ class Trainer:
             )
         else:
             self.recipe = Recipe()
-        self.init_note: Optional[str] = None
         if cfg.init:
             from ..loader import load_model
 
-            self.init_note = init_from_weights(self.model, load_model(cfg.init, device="cpu").model, cfg.init)
-
+            self.warnings.append(init_from_weights(self.model, load_model(cfg.init, device="cpu").model, cfg.init))
         self.channels_last = self.spec.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -268,6 +291,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # patches have one fixed size
 
+    def _setup_data(self) -> None:
+        """HR store, patch stream, teacher cache and validation sets."""
+        cfg = self.cfg
         hr_side = self.patch * cfg.scale
         self.store = load_hr_store(cfg.data, min_size=hr_side, device=self.device)
         self.rank_batch = cfg.batch // self.env.world_size
@@ -284,7 +310,6 @@ class Trainer:
         if self.is_main:
             for v in cfg.val:
                 self.val_sets[Path(v).name] = load_val_set(v, cfg.scale)
-        self.warnings: List[str] = [self.init_note] if self.init_note else []
         if self.store.skipped:
             self.warnings.append(
                 f"skipped {len(self.store.skipped)} training images smaller than {hr_side}x{hr_side} "
@@ -294,12 +319,13 @@ class Trainer:
         if overlap:
             self.warnings.append(overlap)
 
+    def _setup_optimiser(self) -> None:
+        """Adam over the student and the recipe's adapters, EMA, and the wrapped forward (DDP, compile)."""
         fused = self.device.type == "cuda"
         self.adapters = self.recipe.adapters if self.recipe.adapters is not None else torch.nn.ModuleDict()
         trained = [*self.model.parameters(), *self.adapters.parameters()]
         self.optimizer = torch.optim.Adam(trained, lr=self.base_lr, betas=ADAM_BETAS, fused=fused or None)
-        self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
-
+        self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
         net: torch.nn.Module = WithFeatures(self.model, self.recipe.student_features, self.adapters)
         if self.env.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -309,21 +335,9 @@ class Trainer:
                 # Newer torch renames broadcast_buffers; the models' only buffers are constants.
                 warnings.simplefilter("ignore", FutureWarning)
                 net = DDP(net, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
-        if cfg.compile:
+        if self.cfg.compile:
             net = torch.compile(net)
         self.net = net
-
-        self.step = 0
-        self.best_psnr: Optional[float] = None
-        self.last_val: Optional[float] = None
-        self.last_loss: Optional[float] = None
-        self._acc: Optional[torch.Tensor] = None
-        self._acc_steps = 0
-        self._part_names: List[str] = []
-        self._last_ckpt_step: Optional[int] = None
-        self._resumed = False
-        if cfg.resume and (self.out / STATE_FILE).is_file():
-            self._load_state()
 
     # ------------------------------------------------------------------ setup helpers
 
