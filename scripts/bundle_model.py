@@ -66,6 +66,10 @@ def main() -> None:
         f"Trained by srkd: {prov.get('command', '?')}",
         f"Steps: {steps}; data fingerprint {prov.get('data_fingerprint', '?')}; seed {prov.get('seed', '?')};",
         f"best validation PSNR-Y {prov.get('best_val_psnr_y', '?')}; initialised from {prov.get('init') or 'scratch'}.",
+        *([f"Teacher: {prov['teacher']} (sha256 {prov.get('teacher_sha256', '?')}); recipe {prov.get('recipe')}, "
+           f"feature pairs {prov.get('pairs')}, {prov.get('feat_loss')} x {prov.get('feat_weight')}, "
+           f"output weight {prov.get('out_weight')}; teacher cache {prov.get('teacher_cache')}."]
+          if prov.get("teacher") else []),
         f"{'Stored in float16.' if args.half else 'Stored in float32.'}",
         '"""',
         "metrics = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in metrics.items()) + " }",

@@ -104,6 +104,13 @@ def load_checkpoint(
             sample = ", ".join(list(sd)[:3])
             raise CheckpointError(f"{path}: unknown architecture (keys like {sample}); srkd knows {', '.join(ARCHS)}")
         spec, config, file_scale = found
+    if spec.canonicalize is not None:
+        try:
+            sd = spec.canonicalize(sd, scale if file_scale is None else file_scale)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        if file_scale is None:
+            file_scale = scale
     if scale is not None and scale != file_scale:
         raise CheckpointError(f"{path}: this {spec.name} checkpoint upscales x{file_scale}, not x{scale}")
     model = spec.build(file_scale, **config)

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import SRModel
+from . import carn
 from .edsr_t import EDSRT
 from .imdn import IMDN
 from .squeezesr import SqueezeSR
@@ -43,6 +44,9 @@ class ArchSpec:
     # Convnets run faster channels-last with cuDNN and oneDNN alike; attention is mostly matmuls.
     channels_last: bool = True
     window_multiple: Callable[[Dict[str, Any]], int] = field(default=lambda cfg: 1)
+    # Foreign files that need more than the generic clean-up (e.g. one upsampler per scale):
+    # (state dict, requested scale or None) -> the state dict this architecture loads.
+    canonicalize: Optional[Callable[[StateDict, Optional[int]], Dict[str, torch.Tensor]]] = None
 
     def config(self, **overrides: Any) -> Dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -113,6 +117,18 @@ def _detect_imdn(sd: StateDict):
     return (cfg, scale) if scale else None
 
 
+def _detect_carn_m(sd: StateDict):
+    if "entry.weight" not in sd or "b1.b1.body.0.weight" not in sd or "exit.weight" not in sd:
+        return None
+    n = sd["entry.weight"].shape[0]
+    cfg = dict(n_feats=n, groups=n // sd["b1.b1.body.0.weight"].shape[1])
+    if "upsample.up.body.0.weight" not in sd:
+        return (cfg, None) if any(k.startswith("upsample.up2.") for k in sd) else None
+    first = sd["upsample.up.body.0.weight"].shape[0]
+    scale = 3 if first == 9 * n else (4 if "upsample.up.body.3.weight" in sd else 2)
+    return cfg, scale
+
+
 def _detect_squeezesr(sd: StateDict):
     if "head.weight" not in sd or "body.0.squeeze.weight" not in sd:
         return None
@@ -138,6 +154,17 @@ ARCHS: Dict[str, ArchSpec] = {
             feature_names=lambda cfg: tuple(f"T{i + 1}" for i in range(cfg["blocks"])),
             # at x4 the upsampler's wide convolutions at twice the input size dominate
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (10 + 3 * s * s) + 3 * 12 * s * s,
+        ),
+        ArchSpec(
+            name="carn-m",
+            cls=carn.CARNM,
+            defaults=dict(n_feats=64, groups=4),
+            detect=_detect_carn_m,
+            description="CARN-M (Ahn et al. 2018), official weights: a mobile teacher, one file for x2/x3/x4",
+            feature_names=lambda cfg: carn.CARNM.feature_names,
+            # the cascades keep up to four concatenated copies of the features
+            bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 14 + 7 * 12 * s * s,
+            canonicalize=carn.canonicalize,
         ),
         ArchSpec(
             name="imdn",
@@ -196,8 +223,11 @@ def build_model(name: str, scale: int, **config: Any) -> SRModel:
     return get_arch(name).build(scale, **config)
 
 
-def detect_arch(sd: StateDict) -> Optional[Tuple[ArchSpec, Dict[str, Any], int]]:
-    """Recognise a canonical state dict: (spec, full config, scale), or None."""
+def detect_arch(sd: StateDict) -> Optional[Tuple[ArchSpec, Dict[str, Any], Optional[int]]]:
+    """Recognise a canonical state dict: (spec, full config, scale), or None.
+
+    The scale is None for a file that holds several (CARN-M's multi-scale release); the
+    architecture's `canonicalize` then picks one."""
     for spec in ARCHS.values():
         found = spec.detect(sd)
         if found:

@@ -169,6 +169,9 @@ PAIRINGS: Dict[Tuple[str, str], Pairing] = {
         "paper 1: S1..S3 learn EDSR-T's T1..T3"),
     ("squeezesr", "imdn"): Pairing(
         "feature", lambda t: {"blocks": int(t["blocks"]) // 2}, _numbered_pairs, "paper 1's recipe: S1..S3 learn IMDN's blocks 2, 4, 6 (T1..T3)"),
+    ("squeezesr", "carn-m"): Pairing(
+        "feature", lambda t: {"blocks": 3}, _numbered_pairs,
+        "paper 1's recipe: S1..S3 learn CARN-M's three cascade outputs (T1..T3)"),
     ("swinir", "swinir"): Pairing(
         "alpha", lambda t: {**t, "blocks": max(1, int(t["blocks"]) - 1)}, lambda s, t: [("F1", "F1")],
         "paper 2: a SwinIR with fewer RSTBs learns the teacher's output and F1", shares_weights=True),
