@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 
 from .checkpoint import LoadedModel, load_checkpoint
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 DEFAULT_FAMILY = "squeezesr"  # the bundled models `srkd upscale` uses when none is named
 
@@ -35,5 +35,19 @@ def load_model(
         entry = zoo.get(model, scale=scale)
     path = zoo.resolve(entry.name)
     lm = load_checkpoint(path, scale=entry.scale, device=device)
+    _check_against_entry(lm, entry, path)
     lm.metadata.setdefault("zoo_name", entry.name)
     return lm
+
+
+def _check_against_entry(lm: LoadedModel, entry, path: Path) -> None:
+    """The file must be the model its zoo entry describes: architecture and configuration."""
+    from .archs import get_arch
+
+    if lm.spec.name != get_arch(entry.arch).name:
+        raise CheckpointError(f"{path}: zoo entry {entry.name} says arch={entry.arch}, the file holds arch={lm.spec.name}")
+    wanted = lm.spec.config(**entry.config)
+    differ = {k: (wanted[k], lm.config.get(k)) for k in wanted if lm.config.get(k) != wanted[k]}
+    if differ:
+        k, (want, got) = next(iter(differ.items()))
+        raise CheckpointError(f"{path}: zoo entry {entry.name} says {k}={want}, the file has {k}={got}")
