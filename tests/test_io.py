@@ -17,7 +17,7 @@ from PIL import ImageCms, ImageOps
 
 from srkd_cli.errors import InputError, OutputError
 from srkd_cli.imaging import io as imio
-from srkd_cli.imaging.io import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images, read_image,
+from srkd_cli.imaging.io import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images, list_images, read_image,
                                  write_image)
 from srkd_cli.imaging.metadata import reset_orientation, set_pixel_dimensions
 
@@ -565,6 +565,16 @@ def test_find_images_recursive_skips_hidden(tree):
     found = find_images([tree], recursive=True)
     assert [p.relative_to(tree).as_posix() for p in found] == [
         "a.JPG", "b.png", "sub/c.webp", "sub/deep/d.tif"]
+
+
+def test_list_images_skips_hidden_files_and_folders(tree):
+    """The one lister behind upscale folders, eval's HR folders and training's --data."""
+    from srkd_cli.training.data import list_images as data_images
+
+    assert [p.name for p in list_images(tree)] == ["a.JPG", "b.png"]
+    deep = ["a.JPG", "b.png", "sub/c.webp", "sub/deep/d.tif"]
+    assert [p.relative_to(tree).as_posix() for p in list_images(tree, recursive=True)] == deep
+    assert [p.relative_to(tree).as_posix() for p in data_images(tree)] == deep
 
 
 def test_find_images_globs_and_duplicates(tree):

@@ -550,7 +550,7 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
                                  f"(expected {', '.join(sorted(IMAGE_SUFFIXES))})")
             add(p)
         elif p.is_dir():
-            images = _images_in(p, recursive)
+            images = list_images(p, recursive)
             if not images:
                 raise InputError(f"{p}: no images in this folder"
                                  + ("" if recursive else " (use --recursive for subfolders)"))
@@ -561,7 +561,7 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
             for name in sorted(glob.glob(text, recursive=recursive)):
                 m = Path(name)
                 images = ([m] if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES
-                          else _images_in(m, recursive) if m.is_dir() else [])
+                          else list_images(m, recursive) if m.is_dir() else [])
                 for image in images:
                     add(image)
                 matched += len(images)
@@ -572,7 +572,11 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
     return sorted(found.values(), key=lambda q: (str(q.parent), q.name))
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
+def list_images(folder: Union[str, Path], recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (with `recursive`, in its subfolders too), sorted; hidden
+    files and hidden subfolders are skipped. The one lister for upscale, eval and training:
+    callers check that the folder exists and word their own error for an empty one."""
+    folder = Path(folder)
     entries = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         e for e in entries

@@ -30,6 +30,7 @@ import torch
 from ..errors import ConfigError, InputError
 from ..imaging.imresize import imresize
 from ..imaging.io import IMAGE_SUFFIXES, read_uint8
+from ..imaging.io import list_images as _list_images
 
 # MATLAB's antialiased cubic kernel reaches 2 LR pixels out: with this margin the interior
 # of a window's LR equals the LR of the whole image.
@@ -39,15 +40,14 @@ PathLike = Union[str, Path]
 
 
 def list_images(folder: PathLike) -> List[Path]:
-    """Image files under `folder` (recursively), sorted so every run sees the same order."""
+    """Image files under `folder` (recursively), sorted so every run sees the same order:
+    `imaging.io.list_images` with errors that name --data."""
     folder = Path(folder)
     if not folder.exists():
         raise ConfigError(f"--data {folder}: no such folder")
     if not folder.is_dir():
         raise ConfigError(f"--data {folder}: not a folder")
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+    files = _list_images(folder, recursive=True)
     if not files:
         raise ConfigError(f"--data {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     return files
