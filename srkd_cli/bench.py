@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write
-from .config import parse_setting
+from .config import SCALES, parse_setting
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 RECORD_KEYS = (
@@ -377,7 +377,7 @@ def run_bench(
     from .backends import BACKENDS, prepare
     from .inference import pick_device
 
-    if scale not in (2, 3, 4):
+    if scale not in SCALES:
         raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
     if repeat < 1 or warmup < 0:
         raise ConfigError("--repeat must be at least 1 and --warmup at least 0")

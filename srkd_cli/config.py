@@ -1,8 +1,10 @@
-"""Parsers shared across srkd, kept free of torch."""
+"""Facts and parsers shared across srkd, kept free of torch so that the zoo can use them too."""
 
 from __future__ import annotations
 
 from typing import Any, Tuple
+
+SCALES = (2, 3, 4)  # the upscaling factors every architecture, the zoo and the CLI accept
 
 
 def parse_value(text: str) -> Any:

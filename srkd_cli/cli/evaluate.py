@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..config import SCALES
 from ..errors import ConfigError
 from ..evaluate import EvalRecord, bicubic_upscaler, evaluate_folder, load_pairs
 from ..inference import Upscaler, pick_device
@@ -39,7 +40,7 @@ def eval_(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
 ) -> int:
     """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
-    if scale not in (2, 3, 4):
+    if scale not in SCALES:
         raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
     if not (model or weights or sr):
         raise ConfigError("name something to evaluate: --model NAME (or bicubic), --weights PATH or --sr DIR")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from ..config import SCALES
 from ..errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -106,7 +107,7 @@ def _parse_entry(name: str, raw: Any, origin: str) -> ModelEntry:
         _check(key in raw, where, f"missing {key!r}")
     arch, scale = raw["arch"], raw["scale"]
     _check(isinstance(arch, str) and arch != "", where, "arch must be an architecture name, e.g. \"swinir\"")
-    _check(isinstance(scale, int) and not isinstance(scale, bool) and scale in (2, 3, 4), where,
+    _check(isinstance(scale, int) and not isinstance(scale, bool) and scale in SCALES, where,
            f"scale must be 2, 3 or 4 (got {scale!r})")
     params = raw.get("params")
     _check(params is None or (isinstance(params, int) and not isinstance(params, bool) and params > 0), where,
