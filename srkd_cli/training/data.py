@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..imaging.imresize import imresize
 from ..imaging.io import IMAGE_SUFFIXES, read_uint8
 from ..imaging.io import list_images as _list_images
@@ -81,10 +81,6 @@ class HRStore:
 
     def __len__(self) -> int:
         return len(self.sizes)
-
-    @property
-    def pixels(self) -> int:
-        return sum(h * w for h, w in self.sizes)
 
 
 def load_hr_store(
