@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write
+from .config import SCALES, parse_setting
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 RECORD_KEYS = (
@@ -123,13 +124,11 @@ def _arch_with_overrides(text: str, scale: int) -> Optional[ResolvedModel]:
         return None
     cfg: Dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in opts.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ConfigError(f"--model {text}: options go as KEY=VALUE, e.g. swinir:blocks=2")
         try:
-            cfg[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key.strip()] = value
+            key, value = parse_setting(part)
+        except ValueError:
+            raise ConfigError(f"--model {text}: options go as KEY=VALUE, e.g. swinir:blocks=2") from None
+        cfg[key] = value
     torch.manual_seed(0)
     return ResolvedModel(text + UNTRAINED, spec.build(scale, **cfg).eval(), trained=False)
 
@@ -386,7 +385,7 @@ def run_bench(
     from .inference import pick_device
     from .quantize import supports_int8
 
-    if scale not in (2, 3, 4):
+    if scale not in SCALES:
         raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
     if repeat < 1 or warmup < 0:
         raise ConfigError("--repeat must be at least 1 and --warmup at least 0")

@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 from .errors import InputError
 from .imaging.imresize import bicubic_downscale_uint8, imresize
-from .imaging.io import IMAGE_SUFFIXES, read_uint8
+from .imaging.io import IMAGE_SUFFIXES, list_images, read_uint8
 from .metrics import psnr, ssim, to_uint8
 
 UpscaleFn = Callable[[torch.Tensor], torch.Tensor]  # (1,C,h,w) [0,1] -> (1,C,sh,sw)
@@ -52,10 +52,6 @@ class EvalRecord:
         return d
 
 
-def _images(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_pairs(folder: Path, scale: int) -> List[Pair]:
     """Every (LR, HR) pair of a benchmark folder, with the checks the protocol needs.
 
@@ -66,7 +62,7 @@ def load_pairs(folder: Path, scale: int) -> List[Pair]:
         raise InputError(f"{folder}: no such folder")
     # The EDSR layout (HR/ beside LR_bicubic/); a plain folder of HR images works too.
     hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
-    hr_files = _images(hr_dir)
+    hr_files = list_images(hr_dir)
     if not hr_files:
         raise InputError(f"{hr_dir}: no images (expected HR/ with images, and optionally LR_bicubic/X{scale}/)")
     lr_dir = folder / "LR_bicubic" / f"X{scale}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -75,14 +74,6 @@ def bytes_per_input_pixel(spec: ArchSpec, config: dict, scale: int) -> int:
     return int(spec.bytes_per_pixel(config, scale))
 
 
-@dataclass
-class Tile:
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-
 def tile_spans(n: int, tile: int, overlap: int, multiple: int = 1) -> List[Tuple[int, int]]:
     """[start, end) spans of about `tile` covering [0, n), neighbours overlapping by >= `overlap`.
 
@@ -97,12 +88,6 @@ def tile_spans(n: int, tile: int, overlap: int, multiple: int = 1) -> List[Tuple
     # Round half up (not to even): then no stride exceeds `step`, so no overlap falls short.
     starts = [(2 * i * last + count - 1) // (2 * (count - 1)) * multiple for i in range(count)]
     return [(a, min(a + tile, n)) for a in starts[:-1]] + [(starts[-1], n)]
-
-
-def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> List[Tile]:
-    """The tiles, row by row, that `tile_spans` gives along each axis."""
-    return [Tile(y0, y1, x0, x1) for y0, y1 in tile_spans(h, tile, overlap, multiple)
-            for x0, x1 in tile_spans(w, tile, overlap, multiple)]
 
 
 def _ramp(n: int, lo_edge: bool, hi_edge: bool, overlap: int) -> torch.Tensor:

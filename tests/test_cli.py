@@ -72,3 +72,20 @@ def test_usage_errors_are_one_line_exit_2(run_cli, argv, says):
     code, out, err = run_cli(*argv)
     assert code == 2 and says in err and "internal error" not in err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_set_and_bench_model_options_parse_values_alike():
+    """`--set KEY=VALUE` and `bench --model ARCH:KEY=VALUE` share one parser (srkd_cli.config)."""
+    from srkd_cli.cli.train import _parse_sets
+    from srkd_cli.config import parse_setting
+    from srkd_cli.errors import ConfigError
+
+    got = _parse_sets(["n-feats=8", "res_scale=0.5", "flag=TRUE", "off=false", "name=abc"])
+    assert got == {"n_feats": 8, "res_scale": 0.5, "flag": True, "off": False, "name": "abc"}
+    assert type(got["n_feats"]) is int and type(got["flag"]) is bool
+    assert parse_setting("blocks=2") == ("blocks", 2)
+    for bad in ("blocks", "=3"):
+        with pytest.raises(ValueError):
+            parse_setting(bad)
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
+            _parse_sets([bad])

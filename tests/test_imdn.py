@@ -104,7 +104,7 @@ def test_distill_from_imdn_through_the_zoo_with_no_other_flag(env, hub, monkeypa
 
     data = teacher_file(2).read_bytes()
     hub.add_file("IMDN_x2.pth", data)
-    packaged = (Path(zoo_mod.__file__).parents[1] / "weights.toml").read_text()
+    packaged = zoo_mod.DEFAULT_TOML.read_text()
     block = re.search(r'\[models\."imdn-x2"\].*?\n\]\n', packaged, re.S).group(0)
     block = block.replace("https://github.com/Zheng222/IMDN/raw/master/checkpoints", hub.url + "/files")
     zoo = write_zoo(env, block)

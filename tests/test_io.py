@@ -17,8 +17,9 @@ from PIL import ImageCms, ImageOps
 
 from srkd_cli.errors import InputError, OutputError
 from srkd_cli.imaging import io as imio
-from srkd_cli.imaging.io import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images, read_image,
+from srkd_cli.imaging.io import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images, list_images, read_image,
                                  write_image)
+from srkd_cli.imaging.metadata import reset_orientation, set_pixel_dimensions
 
 H, W = 24, 32
 RNG = np.random.default_rng(0)
@@ -324,7 +325,7 @@ def test_16bit_tiff_orientation_is_applied_once(tmp_path, orientation):
 
 def test_reset_orientation_changes_only_the_tag():
     raw = exif_bytes(6)
-    out = imio._reset_orientation(raw)
+    out = reset_orientation(raw)
     assert len(out) == len(raw) and sum(a != b for a, b in zip(raw, out)) == 1
     assert exif_tags(out)[0x0112] == 1
 
@@ -373,8 +374,6 @@ def _exif_with_dimensions(order: str, kind: int, width: int, height: int) -> byt
 @pytest.mark.parametrize("order,kind", [("<", 3), (">", 3), ("<", 4), (">", 4)])
 def test_exif_pixel_dimensions_say_the_written_size(tmp_path, order, kind):
     """PixelX/YDimension follow the upscaled size, patched in place: every other EXIF byte stays."""
-    from srkd_cli.imaging.io import _set_pixel_dimensions
-
     raw = _exif_with_dimensions(order, kind, W, H)
     assert exif_tags(raw).get_ifd(0x8769)[0xA002] == W  # the hand-built EXIF is what a reader expects
     write_image(tmp_path / "out.jpg", torch.rand(1, 3, 3 * H, 2 * W), None, 8, exif=raw)
@@ -383,11 +382,11 @@ def test_exif_pixel_dimensions_say_the_written_size(tmp_path, order, kind):
         sub = tags.get_ifd(0x8769)
         assert (sub[0xA002], sub[0xA003]) == (2 * W, 3 * H) and tags[0x010F] == "Cam"
         assert sub[0x927C] == bytes(range(16))  # the maker note, where its offset says
-    patched = _set_pixel_dimensions(raw, 70000, 5)  # wider than a SHORT holds: the entry becomes a LONG
+    patched = set_pixel_dimensions(raw, 70000, 5)  # wider than a SHORT holds: the entry becomes a LONG
     assert len(patched) == len(raw) and patched[-16:] == raw[-16:]
     assert sum(a != b for a, b in zip(raw, patched)) <= 12
     assert (exif_tags(patched).get_ifd(0x8769)[0xA002], exif_tags(patched).get_ifd(0x8769)[0xA003]) == (70000, 5)
-    assert _set_pixel_dimensions(b"Exif\x00\x00junk", 1, 1) == b"Exif\x00\x00junk"
+    assert set_pixel_dimensions(b"Exif\x00\x00junk", 1, 1) == b"Exif\x00\x00junk"
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -566,6 +565,16 @@ def test_find_images_recursive_skips_hidden(tree):
     found = find_images([tree], recursive=True)
     assert [p.relative_to(tree).as_posix() for p in found] == [
         "a.JPG", "b.png", "sub/c.webp", "sub/deep/d.tif"]
+
+
+def test_list_images_skips_hidden_files_and_folders(tree):
+    """The one lister behind upscale folders, eval's HR folders and training's --data."""
+    from srkd_cli.training.data import list_images as data_images
+
+    assert [p.name for p in list_images(tree)] == ["a.JPG", "b.png"]
+    deep = ["a.JPG", "b.png", "sub/c.webp", "sub/deep/d.tif"]
+    assert [p.relative_to(tree).as_posix() for p in list_images(tree, recursive=True)] == deep
+    assert [p.relative_to(tree).as_posix() for p in data_images(tree)] == deep
 
 
 def test_find_images_globs_and_duplicates(tree):

@@ -14,9 +14,11 @@ import torch
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
+import srkd_cli
 from srkd_cli import zoo as zoo_mod
 from srkd_cli.errors import CheckpointError, ConfigError, ModelNotFoundError
 from srkd_cli.zoo import Zoo, get_zoo, sha256_file
+from srkd_cli.zoo import download as zoo_download
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer  # noqa: E402
@@ -62,7 +64,7 @@ def env(tmp_path, monkeypatch, hub):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("SRKD_CACHE", str(tmp_path / "srkd"))
-    monkeypatch.setattr(zoo_mod, "_BACKOFF_S", 0.0)
+    monkeypatch.setattr(zoo_download, "_BACKOFF_S", 0.0)
     monkeypatch.setattr(zoo_mod, "_warned_unverified", set())
     return tmp_path
 
@@ -99,7 +101,7 @@ def forbid_network(monkeypatch):
         raise AssertionError("network used although the file is cached")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
-    monkeypatch.setattr(zoo_mod.urllib.request, "urlopen", boom)
+    monkeypatch.setattr(zoo_download.urllib.request, "urlopen", boom)
 
 
 def one_line(err) -> str:
@@ -113,7 +115,7 @@ def one_line(err) -> str:
 
 def test_packaged_zoo_lists_swinir_teachers():
     z = get_zoo()
-    assert z.bundled_dir == Path(zoo_mod.__file__).parent / "weights"
+    assert z.bundled_dir == Path(srkd_cli.__file__).parent / "weights"
     for s, (set5, set14) in {2: (38.14, 33.86), 3: (34.62, 30.54), 4: (32.44, 28.77)}.items():
         e = z.get("swinir4", scale=s)
         assert (e.name, e.arch, e.scale, e.config) == (f"swinir4-x{s}", "swinir", s, {"blocks": 4})

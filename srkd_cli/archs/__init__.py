@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..config import SCALES
 from ..errors import ConfigError
 from .base import SRModel
 from . import carn
@@ -23,7 +24,6 @@ from .imdn import IMDN
 from .squeezesr import SqueezeSR
 from .swinir import SwinIR
 
-SCALES = (2, 3, 4)
 StateDict = Mapping[str, torch.Tensor]
 
 

@@ -299,7 +299,5 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
     return FusedSqueezeSR(model, channels_last=channels_last).eval()
 
 
-fuse = reparameterize
-
-__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "fuse", "receptive_radius",
+__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "receptive_radius",
            "reparameterize", "shuffle_into", "shuffle_pairs_into", "split_stream", "unpair_columns"]

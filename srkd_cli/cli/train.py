@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import typer
 
 from ..archs import ARCHS
+from ..config import parse_setting
 from ..errors import ConfigError
 from . import app
 from .console import console
@@ -69,17 +70,11 @@ def _shared_options(fn):
 def _parse_sets(items: Optional[List[str]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        value: Any = raw
-        for cast in (int, float):
-            try:
-                value = cast(raw)
-                break
-            except ValueError:
-                continue
-        out[key.strip().replace("-", "_")] = value
+        try:
+            key, value = parse_setting(item)
+        except ValueError:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE") from None
+        out[key] = value
     return out
 
 

@@ -1,9 +1,10 @@
 """Image files <-> tensors: reading, atomic writing, and finding the images a user named.
 
 Inside srkd an image is a float32 tensor (1, C, H, W) in [0, 1]: C = 3 for colour, 1 for
-grayscale; alpha travels beside it as (1, 1, H, W). This module is the only place that knows
-about files: bit depth, palettes, CMYK, EXIF orientation, ICC profiles and EXIF bytes are
-handled here so the rest of the code sees RGB (or gray) tensors only.
+grayscale; alpha travels beside it as (1, 1, H, W). This module (with `metadata`, which patches
+EXIF and ICC bytes) is the only place that knows about files: bit depth, palettes, CMYK, EXIF
+orientation, ICC profiles and EXIF bytes are handled here so the rest of the code sees RGB
+(or gray) tensors only.
 
 Readers: PNG, JPEG, WebP, BMP, TIFF at 8 bits, PNG and TIFF also at 16 bits. Pillow truncates
 16-bit colour PNG/TIFF to 8 bits, so 16-bit files are decoded with OpenCV and their metadata
@@ -32,6 +33,9 @@ from PIL import UnidentifiedImageError
 
 from srkd_cli.errors import InputError, OutputError
 
+from .metadata import (ORIENTATION, PNG_SIGNATURE, exif_of, icc_fits, normalise_exif, png_add_metadata, png_chunk,
+                       set_pixel_dimensions, tiff_add_icc, tiff_orientation_to_1)
+
 # Pillow's own refusal threshold (2 x its MAX_IMAGE_PIXELS default of 89,478,485), about
 # 179 megapixels, e.g. 16384 x 10922. Decoded to a float32 RGB tensor that is ~2.1 GB, and the
 # upscaled output is s^2 times more, so larger inputs are refused unless asked for.
@@ -53,16 +57,6 @@ _READ_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP",
 _WRITE_FORMATS = frozenset(_SUFFIX_FORMATS.values())
 _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
 _NO_ALPHA_FORMATS = frozenset({"JPEG", "BMP"})
-
-_EXIF_PREFIX = b"Exif\x00\x00"
-_ORIENTATION = 0x0112
-_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
-_ICC_TAG = 34675  # TIFF's InterColorProfile
-_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # in the Exif IFD: the image's width and height
-# TIFF keeps EXIF-like tags among its structural ones; these are the descriptive ones worth
-# carrying into another file.
-_TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, _ORIENTATION, 0x0131, 0x0132, 0x013B, 0x8298,
-                   _EXIF_IFD, _GPS_IFD)
 
 # Image.MAX_IMAGE_PIXELS is global; this lock keeps our temporary change to it from
 # interleaving between threads of srkd.
@@ -194,13 +188,13 @@ def _sixteen_bit_layout(path: Path, im: PILImage.Image, fmt: str) -> Optional[tu
 def _read_with_pil(path: Path, im: PILImage.Image, fmt: str) -> Image:
     mode = im.mode
     if fmt == "TIFF":
-        exif, orientation = _exif_of(im, fmt)
+        exif, orientation = exif_of(im, fmt)
         im.load()
-        if _ORIENTATION not in im.tag_v2:  # recent Pillow orients TIFFs itself while loading
+        if ORIENTATION not in im.tag_v2:  # recent Pillow orients TIFFs itself while loading
             orientation = 1
     else:
         im.load()  # first: a PNG may keep its EXIF after the pixels
-        exif, orientation = _exif_of(im, fmt)
+        exif, orientation = exif_of(im, fmt)
     icc = im.info.get("icc_profile") or None
     if mode == "CMYK":
         im, icc = _cmyk_to_rgb(im, icc)
@@ -254,7 +248,7 @@ def _cmyk_to_rgb(im: PILImage.Image,
 def _read_with_cv2(path: Path, im: PILImage.Image, fmt: str, gray: bool, has_alpha: bool) -> Image:
     """16-bit PNG/TIFF: OpenCV decodes the samples, Pillow's header parse gives metadata."""
     icc = im.info.get("icc_profile") or None
-    exif, orientation = _exif_of(im, fmt)
+    exif, orientation = exif_of(im, fmt)
     mode = {(True, False): "I;16", (True, True): "LA;16", (False, False): "RGB;16",
             (False, True): "RGBA;16"}[gray, has_alpha]
     # imdecode on bytes read here: cv2.imread cannot open non-ASCII paths on Windows.
@@ -262,7 +256,7 @@ def _read_with_cv2(path: Path, im: PILImage.Image, fmt: str, gray: bool, has_alp
     if fmt == "TIFF" and orientation != 1:
         # OpenCV's TIFF decoder applies the orientation tag whatever the flags say (PNG's
         # does not); hide the tag from it so that the one transposition is done below.
-        _tiff_orientation_to_1(data.data)
+        tiff_orientation_to_1(data.data)
     arr = _quiet_cv2(lambda: cv2.imdecode(data, cv2.IMREAD_UNCHANGED))
     if arr is None:
         raise InputError(f"{path}: corrupt or truncated image (OpenCV could not decode it)")
@@ -329,112 +323,6 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
-def _exif_of(im: PILImage.Image, fmt: str) -> tuple[Optional[bytes], int]:
-    """(EXIF bytes to carry with orientation reset to 1, the orientation to apply)."""
-    try:
-        if fmt == "TIFF":
-            return _exif_from_tiff(im)
-        raw = im.info.get("exif")
-        if isinstance(raw, str):
-            raw = raw.encode("latin-1")
-        if not raw:
-            return None, 1
-        if not raw.startswith(_EXIF_PREFIX):
-            raw = _EXIF_PREFIX + raw
-        exif = PILImage.Exif()
-        exif.load(raw)
-        orientation = int(exif.get(_ORIENTATION, 1) or 1)
-        if orientation == 1:
-            return raw, 1
-        return _reset_orientation(raw), orientation if 1 <= orientation <= 8 else 1
-    except (OSError, ValueError, SyntaxError, struct.error, KeyError, TypeError):
-        return None, 1  # unreadable EXIF is dropped rather than failing the image
-
-
-def _exif_from_tiff(im: PILImage.Image) -> tuple[Optional[bytes], int]:
-    """TIFF mixes EXIF-like tags with its structure; carry only the descriptive ones."""
-    tags = im.getexif()
-    orientation = int(tags.get(_ORIENTATION, 1) or 1)
-    out = PILImage.Exif()
-    for tag in _TIFF_EXIF_TAGS:
-        if tag not in tags:
-            continue
-        out[tag] = tags.get_ifd(tag) if tag in (_EXIF_IFD, _GPS_IFD) else tags[tag]
-    if _ORIENTATION in out:
-        out[_ORIENTATION] = 1
-    if not len(out):
-        return None, orientation
-    raw = out.tobytes()
-    return (raw if raw.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + raw), orientation
-
-
-def _reset_orientation(raw: bytes) -> bytes:
-    """EXIF with orientation 1, every other byte left as it was (re-serialising would move
-    offsets that maker notes depend on); Pillow re-serialises only when patching fails."""
-    data = bytearray(raw)
-    if _tiff_orientation_to_1(data, len(_EXIF_PREFIX)):
-        return bytes(data)
-    exif = PILImage.Exif()
-    exif.load(raw)
-    exif[_ORIENTATION] = 1
-    out = exif.tobytes()
-    return out if out.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + out
-
-
-def _ifd_entries(data: Union[bytearray, memoryview], start: int, sub: Optional[int] = None):
-    """(byte order, [(entry offset, tag, type, count)]) of the first IFD of the classic TIFF at
-    data[start:], or of the IFD its tag `sub` points to; None where there is none."""
-    order = {b"II": "<", b"MM": ">"}.get(bytes(data[start:start + 2]))
-    if order is None or len(data) < start + 8:
-        return None
-    magic, ifd = struct.unpack_from(order + "HI", data, start + 2)
-    entries = _read_ifd(data, start + ifd, order) if magic == 42 else None
-    if entries is not None and sub is not None:
-        pointer = [e for e in entries if e[1] == sub and e[2] in (4, 13) and e[3] == 1]  # LONG or IFD
-        entries = _read_ifd(data, start + struct.unpack_from(order + "I", data, pointer[0][0] + 8)[0], order) \
-            if pointer else None
-    return None if entries is None else (order, entries)
-
-
-def _read_ifd(data: Union[bytearray, memoryview], ifd: int, order: str):
-    if ifd + 2 > len(data):
-        return None
-    (count,) = struct.unpack_from(order + "H", data, ifd)
-    if ifd + 2 + 12 * count > len(data):
-        return None
-    return [(ifd + 2 + 12 * i, *struct.unpack_from(order + "HHI", data, ifd + 2 + 12 * i)) for i in range(count)]
-
-
-def _tiff_orientation_to_1(data: Union[bytearray, memoryview], start: int = 0) -> bool:
-    """Set the orientation entry of the first IFD of the TIFF structure at data[start:] to 1,
-    in place. False when there is none (or the structure is not classic TIFF)."""
-    found = _ifd_entries(data, start)
-    if found is None:
-        return False
-    order, entries = found
-    for entry, tag, kind, _ in entries:
-        if tag == _ORIENTATION and kind == 3:  # SHORT: the value sits in the entry
-            struct.pack_into(order + "H", data, entry + 8, 1)
-            return True
-    return False
-
-
-def _set_pixel_dimensions(exif: bytes, width: int, height: int) -> bytes:
-    """EXIF whose PixelXDimension/PixelYDimension (if present) say the written size, patched in
-    place like the orientation (every other byte kept, so maker-note offsets stay valid)."""
-    data = bytearray(exif)
-    found = _ifd_entries(data, len(_EXIF_PREFIX), _EXIF_IFD)
-    if found is None:
-        return exif
-    order, entries = found
-    for entry, tag, kind, count in entries:
-        if tag in (_PIXEL_X, _PIXEL_Y) and kind in (3, 4) and count == 1:
-            value = width if tag == _PIXEL_X else height
-            # SHORT or LONG are both valid for these tags; LONG also fits in the entry
-            struct.pack_into(order + "HII", data, entry + 2, 4, 1, value)
-    return bytes(data)
-
-
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -483,10 +371,10 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
     bits = 16 if bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS else 8
     arr = _quantise(x, bits)
     channels = img_rgb.shape[1]
-    icc = icc_profile if icc_profile and _icc_fits(icc_profile, channels) else None
-    exif = _normalise_exif(exif)
+    icc = icc_profile if icc_profile and icc_fits(icc_profile, channels) else None
+    exif = normalise_exif(exif)
     if exif:
-        exif = _set_pixel_dimensions(exif, arr.shape[1], arr.shape[0])
+        exif = set_pixel_dimensions(exif, arr.shape[1], arr.shape[0])
     try:
         data = _encode(arr, bits, fmt, icc, exif, quality, png_compression)
     except (ValueError, OSError) as e:  # e.g. WebP's 16383-pixel limit
@@ -522,24 +410,6 @@ def _quantise(x: torch.Tensor, bits: int) -> np.ndarray:
     return out
 
 
-def _icc_fits(icc: bytes, channels: int) -> bool:
-    """A gray profile cannot describe RGB pixels nor the reverse; such a pair is dropped."""
-    space = icc[16:20] if len(icc) >= 20 else b""
-    if space == b"GRAY":
-        return channels == 1
-    if space == b"RGB ":
-        return channels == 3
-    return True
-
-
-def _normalise_exif(exif: Optional[bytes]) -> Optional[bytes]:
-    """EXIF as Pillow writes it: 'Exif\\0\\0' + TIFF data; anything unrecognisable is dropped."""
-    if not exif:
-        return None
-    body = exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif
-    return _EXIF_PREFIX + body if body[:4] in (b"II*\x00", b"MM\x00*") else None
-
-
 def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
             exif: Optional[bytes], quality: int, png_compression: int = PNG_COMPRESSION) -> bytes:
     channels = arr.shape[2]
@@ -554,7 +424,7 @@ def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
         if not ok:
             raise OutputError("OpenCV could not encode the 16-bit TIFF")
         # a gray profile does not describe the RGBA that gray+alpha became
-        return _tiff_add_icc(buf.tobytes(), icc) if icc and channels != 2 else buf.tobytes()
+        return tiff_add_icc(buf.tobytes(), icc) if icc and channels != 2 else buf.tobytes()
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     im = PILImage.fromarray(arr[:, :, 0] if channels == 1 else arr, mode)
     return _pil_bytes(im, fmt, icc, exif, quality, png_compression)
@@ -581,30 +451,6 @@ def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optiona
     return buf.getvalue()
 
 
-def _tiff_add_icc(tiff: bytes, icc: bytes) -> bytes:
-    """The classic TIFF with an ICC profile tag (34675) in its first IFD.
-
-    The profile and a copy of the IFD with the tag added are appended and the header pointed
-    at the copy; nothing already in the file moves, so every offset in it stays valid.
-    """
-    data = bytearray(tiff)
-    found = _ifd_entries(data, 0)
-    if found is None:
-        return tiff  # not classic TIFF (BigTIFF): written without the profile
-    order, entries = found
-    ifd = struct.unpack_from(order + "I", data, 4)[0]
-    (next_ifd,) = struct.unpack_from(order + "I", data, ifd + 2 + 12 * len(entries))
-    data += b"\0" * (len(data) % 2)  # TIFF offsets are word-aligned
-    icc_at = len(data)
-    data += icc + b"\0" * (len(icc) % 2)
-    raw = {tag: bytes(data[e:e + 12]) for e, tag, _, _ in entries if tag != _ICC_TAG}
-    raw[_ICC_TAG] = struct.pack(order + "HHII", _ICC_TAG, 7, len(icc), icc_at)  # UNDEFINED bytes
-    new_ifd = len(data)
-    data += struct.pack(order + "H", len(raw)) + b"".join(raw[t] for t in sorted(raw)) + struct.pack(order + "I", next_ifd)
-    struct.pack_into(order + "I", data, 4, new_ifd)
-    return bytes(data)
-
-
 def _to_bgr(arr: np.ndarray) -> np.ndarray:
     if arr.shape[2] == 3:
         return np.ascontiguousarray(arr[:, :, ::-1])
@@ -616,13 +462,8 @@ def _to_bgr(arr: np.ndarray) -> np.ndarray:
 def _encode_png16(arr: np.ndarray, icc: Optional[bytes], exif: Optional[bytes],
                   level: int = PNG_COMPRESSION) -> bytes:
     """16-bit PNG with metadata: Pillow cannot hold 16-bit colour and OpenCV writes no
-    metadata, so OpenCV encodes the pixels and the iCCP/eXIf chunks are added here.
+    metadata, so OpenCV encodes the pixels and the iCCP/eXIf chunks are added after it.
     OpenCV has no gray+alpha PNG, which is therefore encoded here in full."""
-    chunks = []
-    if icc:
-        chunks.append((b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
-    if exif:
-        chunks.append((b"eXIf", exif[len(_EXIF_PREFIX):]))
     if arr.shape[2] == 2:
         png = _png_gray_alpha16(arr, level)
     else:
@@ -630,35 +471,7 @@ def _encode_png16(arr: np.ndarray, icc: Optional[bytes], exif: Optional[bytes],
         if not ok:
             raise OutputError("OpenCV could not encode the 16-bit PNG")
         png = buf.tobytes()
-    return _png_insert_chunks(png, chunks) if chunks else png
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_insert_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
-    """Insert chunks before the first IDAT, replacing colour/EXIF chunks they supersede."""
-    if not png.startswith(_PNG_SIGNATURE):
-        raise ValueError("not a PNG stream")
-    superseded = {kind for kind, _ in chunks}
-    if b"iCCP" in superseded:
-        superseded.add(b"sRGB")  # a PNG may not have both
-    out, pos, inserted = [_PNG_SIGNATURE], len(_PNG_SIGNATURE), False
-    while pos + 8 <= len(png):
-        length, kind = struct.unpack_from(">I4s", png, pos)
-        end = pos + 12 + length
-        if kind == b"IDAT" and not inserted:
-            out.extend(_png_chunk(k, d) for k, d in chunks)
-            inserted = True
-        if kind not in superseded:
-            out.append(png[pos:end])
-        pos = end
-    return b"".join(out)
+    return png_add_metadata(png, icc, exif)
 
 
 def _png_gray_alpha16(arr: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
@@ -669,8 +482,8 @@ def _png_gray_alpha16(arr: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
     rows[1:] -= raw[:-1]
     filtered = np.concatenate([np.full((height, 1), 2, np.uint8), rows], axis=1)
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 0)
-    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _png_chunk(b"IEND", b""))
+    return (PNG_SIGNATURE + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + png_chunk(b"IEND", b""))
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
@@ -737,7 +550,7 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
                                  f"(expected {', '.join(sorted(IMAGE_SUFFIXES))})")
             add(p)
         elif p.is_dir():
-            images = _images_in(p, recursive)
+            images = list_images(p, recursive)
             if not images:
                 raise InputError(f"{p}: no images in this folder"
                                  + ("" if recursive else " (use --recursive for subfolders)"))
@@ -748,7 +561,7 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
             for name in sorted(glob.glob(text, recursive=recursive)):
                 m = Path(name)
                 images = ([m] if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES
-                          else _images_in(m, recursive) if m.is_dir() else [])
+                          else list_images(m, recursive) if m.is_dir() else [])
                 for image in images:
                     add(image)
                 matched += len(images)
@@ -759,7 +572,11 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
     return sorted(found.values(), key=lambda q: (str(q.parent), q.name))
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
+def list_images(folder: Union[str, Path], recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (with `recursive`, in its subfolders too), sorted; hidden
+    files and hidden subfolders are skipped. The one lister for upscale, eval and training:
+    callers check that the folder exists and word their own error for an empty one."""
+    folder = Path(folder)
     entries = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         e for e in entries

@@ -27,9 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..imaging.imresize import imresize
 from ..imaging.io import IMAGE_SUFFIXES, read_uint8
+from ..imaging.io import list_images as _list_images
 
 # MATLAB's antialiased cubic kernel reaches 2 LR pixels out: with this margin the interior
 # of a window's LR equals the LR of the whole image.
@@ -39,15 +40,14 @@ PathLike = Union[str, Path]
 
 
 def list_images(folder: PathLike) -> List[Path]:
-    """Image files under `folder` (recursively), sorted so every run sees the same order."""
+    """Image files under `folder` (recursively), sorted so every run sees the same order:
+    `imaging.io.list_images` with errors that name --data."""
     folder = Path(folder)
     if not folder.exists():
         raise ConfigError(f"--data {folder}: no such folder")
     if not folder.is_dir():
         raise ConfigError(f"--data {folder}: not a folder")
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+    files = _list_images(folder, recursive=True)
     if not files:
         raise ConfigError(f"--data {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     return files
@@ -81,10 +81,6 @@ class HRStore:
 
     def __len__(self) -> int:
         return len(self.sizes)
-
-    @property
-    def pixels(self) -> int:
-        return sum(h * w for h, w in self.sizes)
 
 
 def load_hr_store(

@@ -1,0 +1,29 @@
+"""Facts and parsers shared across srkd, kept free of torch so that the zoo can use them too."""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+SCALES = (2, 3, 4)  # the upscaling factors every architecture, the zoo and the CLI accept
+
+
+def parse_value(text: str) -> Any:
+    """An option value as typed: '3' -> 3, '0.5' -> 0.5, 'true'/'False' -> bool, else the text."""
+    word = text.strip().lower()
+    if word in ("true", "false"):
+        return word == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_setting(text: str) -> Tuple[str, Any]:
+    """'embed-dim=48' -> ('embed_dim', 48); ValueError without '=' or a key (callers word the error)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ValueError(text)
+    return key, parse_value(raw)
