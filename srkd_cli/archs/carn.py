@@ -138,11 +138,11 @@ def canonicalize(sd: Mapping[str, torch.Tensor], scale: Optional[int]) -> Dict[s
     scales = {int(m.group(1)) for k in sd if (m := _MULTI.match(k))}
     if not scales:
         return dict(sd)
+    held = "x" + ", x".join(map(str, sorted(scales)))
     if scale is None:
-        raise CheckpointError(f"holds a CARN-M upsampler for each of x{', x'.join(map(str, sorted(scales)))}: "
-                              "give --scale")
+        raise CheckpointError(f"holds a CARN-M upsampler for each of {held}: give --scale")
     if scale not in scales:
-        raise CheckpointError(f"holds CARN-M upsamplers for x{', x'.join(map(str, sorted(scales)))}, not x{scale}")
+        raise CheckpointError(f"holds CARN-M upsamplers for {held}, not x{scale}")
     out = {}
     for k, v in sd.items():
         m = _MULTI.match(k)

@@ -53,6 +53,7 @@ def freeze(teacher: SRModel) -> SRModel:
 class _Distill(Recipe):
     def __init__(self, teacher: SRModel):
         self.teacher = freeze(teacher)
+        self.adapters = nn.ModuleDict()  # filled by _probe where feature widths differ
 
     def run_teacher(self, lr: torch.Tensor) -> Teacher:
         assert self.teacher is not None
@@ -89,7 +90,6 @@ class FeatureKD(_Distill):
         self.student_features = tuple(s for s, _ in pairs) if beta > 0 else ()
         self.teacher_features = tuple(t for _, t in pairs) if beta > 0 else ()
         self.needs_teacher_output = out_weight > 0
-        self.adapters = nn.ModuleDict()
 
     def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
         t_out, t_feats = self.targets(lr, cached)
@@ -107,7 +107,7 @@ class FeatureKD(_Distill):
 
     def describe(self) -> Dict[str, object]:
         return {"recipe": self.name, "pairs": self.pairs, "feat_loss": self.distance, "feat_weight": self.beta,
-                "out_weight": self.out_weight, "adapters": sorted(self.adapters.keys()) if self.adapters else []}
+                "out_weight": self.out_weight, "adapters": sorted(self.adapters.keys())}
 
 
 class AlphaKD(_Distill):
@@ -123,7 +123,6 @@ class AlphaKD(_Distill):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"--alpha {alpha}: must lie in [0, 1]")
         self.alpha = alpha
-        self.adapters = nn.ModuleDict()
 
     def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
         t_out, t_feats = self.targets(lr, cached)

@@ -82,7 +82,8 @@ class TeacherCache:
         self.features, self.need_output = tuple(features), need_output
         self.device = store.flat.device
         self.mode = mode
-        self._ram: Dict[Tuple[int, int], Dict[str, torch.Tensor]] = {}
+        # (image, code) -> its parts: tensors (ram) or memory maps of the folder's files
+        self._entries: Dict[Tuple[int, int], Dict[str, Union[torch.Tensor, np.ndarray]]] = {}
         self.channels = self._probe_channels()
         self.total_bytes = sum(h // scale * (w // scale) for h, w in store.sizes) * CODES * self.bytes_per_lr_pixel
         self.folder: Optional[Path] = None
@@ -148,16 +149,18 @@ class TeacherCache:
 
     def entry(self, index: int, code: int) -> Dict[str, Union[torch.Tensor, np.ndarray]]:
         key = (index, code)
-        if key in self._ram:
-            return self._ram[key]
-        if self.folder is None:
-            self._ram[key] = self._compute(index, code)
-            return self._ram[key]
+        if key not in self._entries:
+            self._entries[key] = self._compute(index, code) if self.folder is None else self._from_folder(index, code)
+        return self._entries[key]
+
+    def _from_folder(self, index: int, code: int) -> Dict[str, np.ndarray]:
+        assert self.folder is not None
         paths = {part: self.folder / f"{index:05d}_{code}_{part}.npy" for part in self._parts()}
         if not all(p.is_file() for p in paths.values()):
             for part, tensor in self._compute(index, code).items():
                 atomic_write(paths[part], lambda tmp, a=tensor.numpy(): _save_npy(tmp, a))
-        # Memory-mapped: the OS keeps what fits, so a folder cache never runs out of memory.
+        # Memory-mapped once and kept: the OS holds what fits, so a folder cache never runs out
+        # of memory, and a step's crops read no file headers.
         return {part: np.load(path, mmap_mode="r") for part, path in paths.items()}
 
     def fill(self, progress: Optional[Callable[[int, int], None]] = None) -> None:
