@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write
-from .config import SCALES, parse_setting
+from .config import check_scale, parse_setting
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 RECORD_KEYS = (
@@ -385,8 +385,7 @@ def run_bench(
     from .inference import pick_device
     from .quantize import supports_int8
 
-    if scale not in SCALES:
-        raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
+    check_scale(scale)
     if repeat < 1 or warmup < 0:
         raise ConfigError("--repeat must be at least 1 and --warmup at least 0")
     for b in backends:

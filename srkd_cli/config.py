@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
+
+from .errors import ConfigError
 
 SCALES = (2, 3, 4)  # the upscaling factors every architecture, the zoo and the CLI accept
+
+
+def or_list(items: Sequence[Any]) -> str:
+    """'2, 3 or 4': choices as a sentence says them."""
+    words = [str(i) for i in items]
+    return " or ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
+def check_scale(scale: Any, flag: str = "--scale") -> int:
+    """`scale` if srkd has models for it, else a one-line ConfigError naming `flag`."""
+    if scale not in SCALES:
+        raise ConfigError(f"{flag} {scale}: use {or_list(SCALES)}")
+    return scale
 
 
 def parse_value(text: str) -> Any:

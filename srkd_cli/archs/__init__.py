@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..config import SCALES
+from ..config import SCALES, check_scale
 from ..errors import ConfigError
 from .base import SRModel
 from . import carn
@@ -55,8 +55,7 @@ class ArchSpec:
         return {**self.defaults, **overrides}
 
     def build(self, scale: int, **overrides: Any) -> SRModel:
-        if scale not in SCALES:
-            raise ConfigError(f"scale {scale} is not supported: use one of {', '.join(map(str, SCALES))}")
+        check_scale(scale, "scale")
         return self.cls(scale=scale, **self.config(**overrides))
 
 

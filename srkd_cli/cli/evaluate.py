@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..config import SCALES
+from ..config import check_scale
 from ..errors import ConfigError
 from ..evaluate import EvalRecord, bicubic_upscaler, evaluate_folder, load_pairs
 from ..inference import Upscaler, pick_device
@@ -43,8 +43,7 @@ def eval_(
     precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR on onnxruntime), as `srkd upscale`."),
 ) -> int:
     """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
-    if scale not in SCALES:
-        raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
+    check_scale(scale)
     if not (model or weights or sr):
         raise ConfigError("name something to evaluate: --model NAME (or bicubic), --weights PATH or --sr DIR")
     dev = pick_device(device)

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..config import SCALES
+from ..config import check_scale
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
@@ -112,8 +112,8 @@ def upscale(
     backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime; same output to 1e-4. auto: the fastest for the model and device."),
 ) -> int:
     """Upscale images with a super-resolution model."""
-    if scale is not None and scale not in SCALES:
-        raise ConfigError(f"--scale {scale}: use 2, 3 or 4")
+    if scale is not None:
+        check_scale(scale)
     if alpha not in ALPHA_MODES:
         raise ConfigError(f"--alpha {alpha}: choose model or bicubic")
     if threads:

@@ -36,9 +36,10 @@ import torch
 import torch.distributed as dist
 
 from .. import __version__
-from ..archs import SCALES, SRModel, count_params, get_arch
+from ..archs import SRModel, count_params, get_arch
 from ..atomic import atomic_write
 from ..checkpoint import save_checkpoint
+from ..config import check_scale
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..inference import pick_device
@@ -183,8 +184,7 @@ def _logged_step(line: str) -> float:
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    if cfg.scale not in SCALES:
-        raise ConfigError(f"--scale {cfg.scale}: use one of {', '.join(map(str, SCALES))}")
+    check_scale(cfg.scale)
     positive = {"--steps": cfg.steps, "--batch": cfg.batch, "--log-every": cfg.log_every}
     for name, v in positive.items():
         if v < 1:
