@@ -9,14 +9,14 @@ Rows (each adds one change to the row above, unless it says otherwise):
   inference_mode       torch.inference_mode()            <- `srkd bench --backend torch`
   channels_last        + NHWC weights and input
   fused                + re-parameterised fire blocks (archs/fuse.py), in-place ReLU/add
-  fused, tiles T       + cache-sized tiles with an exact halo (backends.HaloTiles)  <- `--backend torch-opt`
+  fused, tiles T       + cache-sized tiles with an exact halo (runtime.tiles.HaloTiles)  <- `--backend torch-opt`
   onnxruntime G        the model exported to ONNX as graph G, whole image, all threads on each op:
                        G = plain, fused (archs.fuse.reparameterize) or split (archs.fuse.split_stream)
   ... shuffle outside  split graph without its pixel shuffle (archs.fuse.Subpixel), shuffled by torch
   ... strips           + one strip (with halo) per thread, one single-threaded session each,
-                       shuffled while copied into place (backends.HaloTiles)
-  ... pieces HxW       + pieces of at most backends.ORT_CPU_TILE instead of strips; "no symbolic
-                       shapes": exported without them (export._with_symbolic_shapes)
+                       shuffled while copied into place (runtime.tiles.HaloTiles)
+  ... pieces HxW       + pieces of at most runtime.tiles.ORT_CPU_TILE instead of strips; "no symbolic
+                       shapes": exported without them (runtime.onnx_shapes.with_symbolic_shapes)
   ... column pairs     + the tail computing two columns per pixel (x2; archs.fuse._paired_conv)
                        <- `--backend onnxruntime`; then other piece bounds (`--ort-tiles`)
   torchscript          traced, frozen, optimize_for_inference (plain model)
@@ -39,8 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.archs import build_model  # noqa: E402
 from srkd_cli.archs.fuse import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
-from srkd_cli.backends import ORT_CPU_TILE, HaloTiles, OnnxModel, onnx_runner, prepare, tune_cpu_allocator  # noqa: E402
+from srkd_cli.backends import onnx_runner, prepare  # noqa: E402
 from srkd_cli.bench import parse_size, run_bench, write_json  # noqa: E402
+from srkd_cli.runtime.allocator import tune_cpu_allocator  # noqa: E402
+from srkd_cli.runtime.ort import OnnxModel  # noqa: E402
+from srkd_cli.runtime.tiles import ORT_CPU_TILE, HaloTiles  # noqa: E402
 
 
 class WithGrad(nn.Module):
@@ -79,7 +82,7 @@ def main() -> None:
                     help="onnxruntime piece bounds to try besides the default, HxW comma-separated")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes)")
     ap.add_argument("--no-onnx", action="store_true")
-    ap.add_argument("--tune-malloc", action="store_true", help="backends.tune_cpu_allocator() first")
+    ap.add_argument("--tune-malloc", action="store_true", help="runtime.allocator.tune_cpu_allocator() first")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.tune_malloc and not tune_cpu_allocator():
@@ -101,7 +104,7 @@ def main() -> None:
     ]
     rows += [(f"fused, tiles {t}", HaloTiles(fused_cl, args.scale, halo, (t, t)), plain) for t in tiles]
     if not args.no_onnx:
-        from srkd_cli.export import onnx_bytes
+        from srkd_cli.runtime.graph import onnx_bytes
 
         n = torch.get_num_threads()
         split = split_stream(plain)  # the rows before "column pairs"

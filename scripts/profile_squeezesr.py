@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.archs import build_model  # noqa: E402
 from srkd_cli.archs.fuse import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
-from srkd_cli.backends import ORT_CPU_TILE, HaloTiles, tune_cpu_allocator  # noqa: E402
 from srkd_cli.bench import parse_size  # noqa: E402
+from srkd_cli.runtime.allocator import tune_cpu_allocator  # noqa: E402
+from srkd_cli.runtime.tiles import ORT_CPU_TILE, HaloTiles  # noqa: E402
 
 
 def torch_profile(model, x, runs: int):
@@ -48,7 +49,7 @@ def torch_profile(model, x, runs: int):
 def ort_profile(model, x, threads: int, runs: int):
     import onnxruntime as ort
 
-    from srkd_cli.export import onnx_bytes
+    from srkd_cli.runtime.graph import onnx_bytes
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

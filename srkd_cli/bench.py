@@ -378,22 +378,22 @@ def run_bench(
     per row with the keys in RECORD_KEYS.
 
     A backend "auto" is what `srkd upscale` would run for each model (`backends.pick_backend`).
-    `precisions` ("fp32", "int8") time each backend at each precision it has, side by side in
-    the same rounds; int8 exists for SqueezeSR on onnxruntime's CPU (others are skipped, with a note).
+    `precisions` (those backends' own graphs run: fp32, int8) time each backend at each precision
+    it has, side by side in the same rounds; a model, backend and device that cannot run int8
+    (`backends.incompatibility`) get a note instead of a row.
     """
-    from .backends import BACKENDS, pick_backend, prepare
+    from .backends import BACKENDS, check_backend, incompatibility, pick_backend, prepare
     from .inference import pick_device
-    from .quantize import supports_int8
 
     check_scale(scale)
     if repeat < 1 or warmup < 0:
         raise ConfigError("--repeat must be at least 1 and --warmup at least 0")
     for b in backends:
-        if b not in BACKENDS + ("auto",):
-            raise ConfigError(f"--backend {b}: choose from auto, {', '.join(BACKENDS)}")
+        check_backend(b)
+    own = tuple(dict.fromkeys(p for b in BACKENDS.values() for p in b.precisions))
     for p in precisions:
-        if p not in ("fp32", "int8"):
-            raise ConfigError(f"--precision {p}: bench times fp32 and int8")
+        if p not in own:
+            raise ConfigError(f"--precision {p}: bench times {' and '.join(own)}")
     dev = device if isinstance(device, torch.device) else pick_device(device)
     import cv2
 
@@ -443,8 +443,9 @@ def run_bench(
                     if (b, prec) in done:
                         continue
                     done.add((b, prec))
-                    if prec == "int8" and not (b == "onnxruntime" and dev.type == "cpu" and supports_int8(model)):
-                        notes.append(f"{rm.label} ({b}): no int8 row (int8 is SqueezeSR on onnxruntime's CPU)")
+                    why = incompatibility(model, b, dev, prec) if prec != "fp32" else None
+                    if why:
+                        notes.append(f"{rm.label} ({b}): no {prec} row ({why})")
                         continue
                     say(f"preparing {rm.label} on {b} {prec}")
                     runner = prepare(model, b, dev, example=xd, threads=threads, precision=prec, say=say)

@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 from .errors import InputError
 from .imaging.imresize import bicubic_downscale_uint8, imresize
-from .imaging.io import IMAGE_SUFFIXES, list_images, read_uint8
+from .imaging.io import IMAGE_SUFFIXES, list_images, read_uint8, unit_samples
 from .metrics import psnr, ssim, to_uint8
 
 UpscaleFn = Callable[[torch.Tensor], torch.Tensor]  # (1,C,h,w) [0,1] -> (1,C,sh,sw)
@@ -93,6 +93,13 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(arr))
     t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
     return t[None].double() / 255.0
+
+
+def as_read(lr: torch.Tensor) -> torch.Tensor:
+    """A `to_tensor` image as `imaging.io.read_image` makes the same pixels (float32, x 1/255):
+    half of the 256 levels differ in the last bit, enough to move a few output pixels a grey
+    level, so a model scored on this sees exactly what `srkd upscale` feeds it."""
+    return unit_samples(lr[0].permute(1, 2, 0).mul(255).round_().to(torch.uint8).numpy())
 
 
 def bicubic_upscaler(scale: int) -> UpscaleFn:

@@ -1,12 +1,13 @@
 """int8 SqueezeSR for onnxruntime's CPU: static quantisation, calibrated on training crops, cached.
 
-Any SqueezeSR-architecture model (chosen by its class, not its name) is re-parameterised
+A model whose architecture declares an int8 path (`ArchSpec.int8`: SqueezeSR, found by the
+model's class, not its name) is re-parameterised
 (`archs.fuse.reparameterize`: merged expands, no concat), its residual stream equalised (below),
 exported without the pixel shuffle, and quantised by `onnxruntime.quantization.quantize_static`:
 QDQ format, uint8 activations, int8 per-channel weights, Percentile calibration on
 `RECIPE["crops"]` deterministic LR crops. The result runs like the fp32 backend, in cache-sized
-pieces with an exact halo (`backends.HaloTiles`: quantised convs pad with the zero point, so
-pieces equal a whole-image call).
+pieces with an exact halo (`runtime.tiles.HaloTiles`: quantised convs pad with the zero point, so
+pieces equal a whole-image call). `backends.check_precision` says, in one line, where int8 cannot run.
 
 Why these settings (docs/performance.md has the measurements): QDQ ran faster than QOperator on
 the AVX-512 VNNI CPU measured; the fused graph quantised better and ran faster than the split
@@ -41,8 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .archs import halo_radius, spec_for
+from .archs.fuse import reparameterize
 from .atomic import atomic_write
 from .errors import ConfigError, InputError
+from .runtime.graph import onnx_bytes
+from .runtime.ort import OnnxModel
+from .runtime.tiles import ORT_CPU_TILE, HaloTiles
 
 # Bump "version" whenever what the recipe produces changes: it is part of the cache key.
 RECIPE: Dict[str, Any] = {
@@ -52,30 +58,36 @@ RECIPE: Dict[str, Any] = {
 CALIBRATION_ENV = "SRKD_CALIBRATION_DATA"
 _IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _REPO = Path(__file__).resolve().parents[1]
+# int8 vs fp32, mean |difference| in grey levels (of 255) on natural images: int8 is approximate.
+# Measured 0.7-1.1 (uint8 outputs) on Set5 for the bundled x2-x4 models (tests/test_int8.py, docs/performance.md).
+INT8_TOLERANCE = 1.5
 
 
 def supports_int8(model: nn.Module) -> bool:
-    """Whether `model` has an int8 path: SqueezeSR architecture, whatever its name or weights."""
-    from .archs.squeezesr import SqueezeSR
+    """Whether `model`'s architecture has an int8 path (`ArchSpec.int8`), whatever its name or weights."""
+    spec = spec_for(model)
+    return spec is not None and spec.int8
 
-    return isinstance(model, SqueezeSR)
 
-
-def check_int8(model: nn.Module, backend: str = "onnxruntime", device: Union[str, torch.device] = "cpu") -> None:
-    """Raise a one-line ConfigError unless `model` on `backend`/`device` can run int8."""
-    if not supports_int8(model):
-        raise ConfigError(f"--precision int8: only SqueezeSR-architecture models have an int8 path, "
-                          f"not {type(model).__name__}; use --precision fp32")
-    if backend not in ("auto", "onnxruntime"):
-        raise ConfigError(f"--precision int8 runs on --backend onnxruntime (or auto), not {backend}")
-    if torch.device(device).type != "cpu":
-        raise ConfigError(f"--precision int8 runs on the CPU, not {torch.device(device).type}; use --device cpu")
+def require_quantization() -> None:
+    """A one-line ConfigError unless onnx and onnxruntime's quantiser import."""
     try:
         import onnx  # noqa: F401
         import onnxruntime.quantization  # noqa: F401
     except ImportError:
         raise ConfigError("--precision int8 needs onnxruntime and onnx, which have no wheel for this platform "
                           "or are not installed: pip install onnx onnxruntime") from None
+
+
+def int8_difference(model: nn.Module, runner, inputs) -> float:
+    """Mean |int8 - fp32| in grey levels (outputs clamped to [0,1], x255) over `inputs`: what INT8_TOLERANCE bounds."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x in inputs:
+            ref, got = model(x).clamp(0, 1), runner(x).clamp(0, 1)
+            total += float((got - ref).abs().sum()) * 255
+            count += ref.numel()
+    return total / max(1, count)
 
 
 # ----------------------------------------------------------------------------- calibration data
@@ -132,7 +144,7 @@ def calibration_crops(files: Sequence[Path], scale: int, n: int = RECIPE["crops"
 
 
 class FusedSubpixel(nn.Module):
-    """A FusedSqueezeSR stopped before its pixel shuffle, for export (`backends.OnnxModel` reads
+    """A FusedSqueezeSR stopped before its pixel shuffle, for export (`runtime.ort.OnnxModel` reads
     `export_metadata` and shuffles, or `HaloTiles` shuffles as it copies)."""
 
     def __init__(self, fused: nn.Module):
@@ -209,9 +221,6 @@ def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional
     import onnx
     from onnxruntime import quantization as Q
 
-    from .archs.fuse import reparameterize
-    from .export import onnx_bytes
-
     fused = equalize_stream(reparameterize(model.eval().cpu()), crops, RECIPE["equalize"])
     meta = {"precision": "int8", "int8_recipe": RECIPE, **(meta or {})}
     proto = onnx.load_from_string(onnx_bytes(FusedSubpixel(fused), meta=meta))
@@ -248,8 +257,7 @@ def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional
 
 def int8_onnx_bytes(model: nn.Module, calibration: Optional[Union[str, os.PathLike]] = None,
                     cache: bool = True, say=None) -> bytes:
-    """The int8 graph of `model` (a SqueezeSR), from the cache when it has been made before."""
-    check_int8(model)
+    """The int8 graph of `model` (whose architecture has an int8 path), from the cache when it has been made before."""
     folder, files = calibration_files(calibration)
     path = cache_dir() / f"{type(model).__name__.lower()}-x{model.scale}-{cache_key(model, files, folder)}.onnx"
     if cache and path.is_file():
@@ -269,20 +277,16 @@ def int8_onnx_bytes(model: nn.Module, calibration: Optional[Union[str, os.PathLi
     return data
 
 
-def int8_runner(model: nn.Module, device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
-                say=None):
+def int8_runner(model: nn.Module, threads: Optional[int] = None, say=None):
     """What `--precision int8` runs: the int8 graph in cache-sized pieces, one single-threaded
     session per thread (as the fp32 onnxruntime backend), or whole on one session with one thread."""
-    from .archs.fuse import receptive_radius
-    from .backends import ORT_CPU_TILE, HaloTiles, OnnxModel
-
-    check_int8(model, "onnxruntime", device)
     data = int8_onnx_bytes(model, say=say)
     n = threads or torch.get_num_threads()
     if n > 1:
-        return HaloTiles(OnnxModel(data, threads=1), model.scale, receptive_radius(model), ORT_CPU_TILE, workers=n)
+        return HaloTiles(OnnxModel(data, threads=1), model.scale, halo_radius(model), ORT_CPU_TILE, workers=n)
     return OnnxModel(data, threads=1)
 
 
-__all__ = ["CALIBRATION_ENV", "RECIPE", "cache_dir", "calibration_crops", "calibration_files", "check_int8",
-           "equalize_stream", "int8_onnx_bytes", "int8_runner", "quantize_bytes", "supports_int8", "weights_sha256"]
+__all__ = ["CALIBRATION_ENV", "INT8_TOLERANCE", "RECIPE", "cache_dir", "calibration_crops", "calibration_files",
+           "equalize_stream", "int8_difference", "int8_onnx_bytes", "int8_runner", "quantize_bytes", "require_quantization",
+           "supports_int8", "weights_sha256"]

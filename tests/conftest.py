@@ -34,6 +34,18 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture
+def int8_env(tmp_path_factory, monkeypatch, set5):
+    """int8 calibrated on the bundled Set5 HR, into one cache for the whole session (each model is
+    quantised once, whichever test file needs it first)."""
+    from srkd_cli import quantize
+
+    cache = tmp_path_factory.getbasetemp() / "int8-cache"
+    monkeypatch.setenv("SRKD_CACHE", str(cache))
+    monkeypatch.setenv(quantize.CALIBRATION_ENV, str(set5 / "HR"))
+    return cache
+
+
+@pytest.fixture
 def run_cli(capsys):
     """Run `srkd ARGS` in-process: (exit code, stdout, stderr)."""
     from srkd_cli.cli import main

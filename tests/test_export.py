@@ -13,8 +13,10 @@ from srkd_cli.archs import build_model, get_arch
 from srkd_cli.archs.fuse import reparameterize
 from srkd_cli.checkpoint import save_checkpoint
 from srkd_cli.errors import ConfigError, OutputError
-from srkd_cli.export import export_model, trace_example
+from srkd_cli.export import export_model
 from srkd_cli.inference import Upscaler
+from srkd_cli.runtime.graph import trace_example
+from srkd_cli.runtime.ort import OnnxModel
 
 try:
     import onnx  # noqa: F401
@@ -71,8 +73,6 @@ def test_torchscript_export_matches_pytorch(tmp_path, arch, scale):
 def test_onnx_export_matches_pytorch_with_dynamic_shapes(tmp_path, arch, scale):
     import onnx
 
-    from srkd_cli.backends import OnnxModel
-
     model = model_for(arch, scale)
     out = tmp_path / "m.onnx"
     r = export_model(model, out, "onnx", meta={"arch": arch})
@@ -88,8 +88,6 @@ def test_onnx_export_matches_pytorch_with_dynamic_shapes(tmp_path, arch, scale):
 
 @needs_ort
 def test_onnx_backend_drives_the_upscaler_like_torch():
-    from srkd_cli.backends import OnnxModel
-
     model = model_for("swinir", 2)
     spec, cfg = get_arch("swinir"), get_arch("swinir").config(**SMALL["swinir"])
     x = torch.rand(1, 3, 75, 58)
@@ -103,17 +101,13 @@ def test_onnx_backend_drives_the_upscaler_like_torch():
 
 
 def test_missing_onnxruntime_is_a_clear_config_error(monkeypatch):
-    from srkd_cli import backends
-
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ConfigError, match=r"needs onnxruntime, which is not installed.*pip install onnxruntime"):
-        backends.OnnxModel(b"not used")
+        OnnxModel(b"not used")
 
 
 @needs_ort
 def test_cli_export_writes_atomically_and_refuses_to_overwrite(tmp_path, run_cli):
-    from srkd_cli.backends import OnnxModel
-
     model = model_for("squeezesr", 2)
     ckpt = save_checkpoint(tmp_path / "sq.safetensors", model, "squeezesr", {})
     out = tmp_path / "out" / "sq.onnx"
@@ -153,10 +147,11 @@ def test_export_refuses_a_broken_export(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["torch-opt", "torchscript", "onnxruntime"])
 def test_every_backend_computes_the_same_function(backend, monkeypatch):
-    from srkd_cli import backends
-    from srkd_cli.backends import HaloTiles, prepare
+    from srkd_cli.backends import prepare
+    from srkd_cli.runtime import allocator
+    from srkd_cli.runtime.tiles import HaloTiles
 
-    monkeypatch.setattr(backends, "_ALLOCATOR_TUNED", False)  # an earlier in-process `srkd upscale` may have tuned it
+    monkeypatch.setattr(allocator, "_TUNED", False)  # an earlier in-process `srkd upscale` may have tuned it
 
     if backend == "onnxruntime" and not HAVE_ORT:
         pytest.skip('onnxruntime not installed (pip install "srkd[onnx]")')
@@ -182,10 +177,12 @@ def test_every_backend_computes_the_same_function(backend, monkeypatch):
 
 
 def test_tune_cpu_allocator_keeps_results_identical(monkeypatch):
-    from srkd_cli import backends
-    from srkd_cli.backends import tune_cpu_allocator
+    from srkd_cli.backends import optimize
+    from srkd_cli.runtime import allocator
+    from srkd_cli.runtime.allocator import tune_cpu_allocator
+    from srkd_cli.runtime.tiles import HaloTiles
 
-    monkeypatch.setattr(backends, "_ALLOCATOR_TUNED", False)  # restored afterwards: later tests expect tiles
+    monkeypatch.setattr(allocator, "_TUNED", False)  # restored afterwards: later tests expect tiles
 
     model = model_for("squeezesr", 2)
     x = torch.rand(1, 3, 40, 30)
@@ -194,7 +191,7 @@ def test_tune_cpu_allocator_keeps_results_identical(monkeypatch):
         tuned = tune_cpu_allocator()
         assert tuned == (sys.platform.startswith("linux") and _is_glibc())
         assert torch.equal(model(x), before)
-    assert isinstance(backends.optimize(model), backends.HaloTiles) != tuned  # tuned: whole images
+    assert isinstance(optimize(model), HaloTiles) != tuned  # tuned: whole images
 
 
 def _is_glibc() -> bool:
@@ -209,11 +206,12 @@ def test_conv_net_exports_carry_symbolic_shapes_so_adds_fold_into_convs(tmp_path
     import onnxruntime as ort
 
     from srkd_cli.archs.fuse import Subpixel, split_stream
-    from srkd_cli.export import _conv_net_shapes, onnx_bytes
+    from srkd_cli.runtime.graph import onnx_bytes
+    from srkd_cli.runtime.onnx_shapes import conv_net_shapes
 
     graph = Subpixel(split_stream(model_for("squeezesr", 2), pair_columns=None))
     plain = onnx.load_from_string(onnx_bytes(graph, symbolic_shapes=False))
-    assert _conv_net_shapes(plain.graph) is not None  # annotated directly, without sympy
+    assert conv_net_shapes(plain.graph) is not None  # annotated directly, without sympy
     shaped = onnx.load_from_string(onnx_bytes(graph))
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in shaped.graph.value_info}
     # every tensor but the column-paired tail's (stride 2 across, padding 2: width // 2 + 1) keeps the input's size

@@ -32,12 +32,7 @@ MEAN_GREY_TOLERANCE = 1.0
 MIN_PSNR_VS_FP32 = 45.0
 
 
-@pytest.fixture(autouse=True)
-def int8_env(tmp_path_factory, monkeypatch, set5):
-    cache = tmp_path_factory.getbasetemp() / "int8-cache"
-    monkeypatch.setenv("SRKD_CACHE", str(cache))
-    monkeypatch.setenv(quantize.CALIBRATION_ENV, str(set5 / "HR"))
-    return cache
+pytestmark = pytest.mark.usefixtures("int8_env")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,9 @@ def x2():
 
 
 def test_int8_export_is_close_to_fp32_and_pieces_equal_whole(x2, tmp_path, set5, run_cli):
-    from srkd_cli.backends import HaloTiles, OnnxModel, prepare
+    from srkd_cli.backends import prepare
+    from srkd_cli.runtime.ort import OnnxModel
+    from srkd_cli.runtime.tiles import HaloTiles
 
     out = tmp_path / "x2-int8.onnx"
     code, stdout, err = run_cli("export", "squeezesr-x2", "-o", out, "--int8")

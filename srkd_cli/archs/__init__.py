@@ -1,9 +1,10 @@
 """The architecture registry: one place that knows each architecture.
 
 An `ArchSpec` holds the builder, its default configuration, how to recognise the
-architecture from a state dict, the feature names its distillation losses use, and what
-inference must know (window multiple, half-precision safety). The CLI, the zoo, checkpoint
-loading, training and tests all go through `ARCHS` / `build_model`.
+architecture from a state dict, the feature names its distillation losses use, what
+inference must know (window multiple, half-precision safety) and what the fast backends may
+do with it (faster equivalent forms, exact pieces, int8). The CLI, the zoo, checkpoint
+loading, training, `backends.py` and tests all go through `ARCHS` / `build_model` / `spec_for`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+from torch import nn
 
 from ..config import SCALES, check_scale
 from ..errors import ConfigError
 from .base import SRModel
-from . import carn
+from . import carn, fuse
 from .edsr_t import EDSRT
 from .imdn import IMDN
 from .squeezesr import SqueezeSR
@@ -47,6 +49,16 @@ class ArchSpec:
     # Foreign files that need more than the generic clean-up (e.g. one upsampler per scale):
     # (state dict, requested scale or None) -> the state dict this architecture loads.
     canonicalize: Optional[Callable[[StateDict, Optional[int]], Dict[str, torch.Tensor]]] = None
+    # Inference-only forms computing the same function, for the fast backends (archs/fuse.py); None:
+    # the model as it is. (model, channels_last) -> a faster eager module; model -> the module a
+    # graph runtime (onnxruntime) runs, which may stop before its pixel shuffle (`export_metadata`).
+    reparameterize: Optional[Callable[[SRModel, bool], nn.Module]] = None
+    graph_form: Optional[Callable[[SRModel], nn.Module]] = None
+    # How many input pixels beyond a pixel can change its output, where that is small enough for
+    # exact cache-sized pieces to pay (runtime.tiles.HaloTiles); None: wide or input-dependent reach.
+    receptive_radius: Optional[Callable[[SRModel], int]] = None
+    # Whether quantize.py has an int8 path for it.
+    int8: bool = False
 
     def config(self, **overrides: Any) -> Dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -184,6 +196,10 @@ ARCHS: Dict[str, ArchSpec] = {
             feature_names=lambda cfg: tuple(f"S{i + 1}" for i in range(cfg["blocks"])),
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 11 + 7 * 12 * s * s,
             train_defaults={"patch": 48, "lr": 1e-3},
+            reparameterize=fuse.reparameterize,
+            graph_form=fuse.for_graph_runtime,
+            receptive_radius=fuse.receptive_radius,
+            int8=True,
         ),
         ArchSpec(
             name="swinir",
@@ -235,8 +251,21 @@ def detect_arch(sd: StateDict) -> Optional[Tuple[ArchSpec, Dict[str, Any], Optio
     return None
 
 
+def spec_for(model: nn.Module) -> Optional[ArchSpec]:
+    """The registered architecture `model` is built from (by class, whatever its name or weights);
+    None for anything else (a runtime, an already fused form)."""
+    return next((spec for spec in ARCHS.values() if isinstance(model, spec.cls)), None)
+
+
+def halo_radius(model: nn.Module) -> Optional[int]:
+    """The halo exact pieces of `model` need (`ArchSpec.receptive_radius`); None where none is declared."""
+    spec = spec_for(model)
+    return spec.receptive_radius(model) if spec is not None and spec.receptive_radius is not None else None
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "ArchSpec", "SRModel", "SCALES", "build_model", "count_params", "detect_arch", "get_arch", "list_archs"]
+__all__ = ["ARCHS", "ArchSpec", "SRModel", "SCALES", "build_model", "count_params", "detect_arch", "get_arch", "halo_radius",
+           "list_archs", "spec_for"]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime.shuffle import unpair_columns
 from .base import SRModel
 from .squeezesr import SqueezeBlock, SqueezeSR
 
@@ -117,8 +118,8 @@ class SplitSqueezeSR(SRModel):
       AVX2 conv kernels run at ~60 % of their rate, with 24 they do not.
 
     `subpixel(x)` is the tail's output before the pixel shuffle (N, 3*s*s, h, w): a runtime that
-    copies the result into place anyway can shuffle while it copies (`backends.HaloTiles`).
-    `raw_subpixel(x)` is what the tail computes (`unpair_columns` turns it into `subpixel(x)`).
+    copies the result into place anyway can shuffle while it copies (`runtime.tiles.HaloTiles`).
+    `raw_subpixel(x)` is what the tail computes (`runtime.shuffle.unpair_columns` turns it into `subpixel(x)`).
     """
 
     feature_names: Tuple[str, ...] = ()
@@ -176,8 +177,8 @@ class SplitSqueezeSR(SRModel):
 class Subpixel(nn.Module):
     """A `SplitSqueezeSR` that stops at its tail's raw output, for export (`.scale` kept).
 
-    `export_metadata` goes into every export of it (`export.onnx_bytes`) and tells the runtime
-    what that output is (`backends.OnnxModel` reads it).
+    `export_metadata` goes into every export of it (`runtime.graph.onnx_bytes`) and tells the runtime
+    what that output is (`runtime.ort.OnnxModel` reads it).
     """
 
     def __init__(self, model: SplitSqueezeSR):
@@ -202,7 +203,7 @@ def _paired_conv(weight: torch.Tensor, bias: Optional[torch.Tensor], scale: int)
     every tap sees what it saw in the original, zeros included, so the result is exact. Width
     out: W // 2 + 1 (column -1, and W when W is even, are extra). Channels are ordered
     (colour, sub-row, p, sub-column), so the four output pixels of one sub-row that a pair
-    makes are neighbours in one channel group (`shuffle_pairs_into` copies them as a run). A
+    makes are neighbours in one channel group (`runtime.shuffle.shuffle_pairs_into` copies them as a run). A
     quarter of the taps are zero, yet the conv runs faster than the 3x3 whose few output
     channels it doubles (docs/performance.md).
     """
@@ -219,61 +220,22 @@ def _paired_conv(weight: torch.Tensor, bias: Optional[torch.Tensor], scale: int)
     return conv
 
 
-def _by_pair(y: torch.Tensor, scale: int) -> torch.Tensor:
-    """(N, colour, sub-row, p, sub-column, h, J) view of a `_paired_conv` output."""
-    return y.unflatten(1, (-1, scale, 2, scale))
-
-
-def unpair_columns(y: torch.Tensor, width: int, scale: int, pairs: int = 2) -> torch.Tensor:
-    """(N, 3*s*s, h, width), the plain sub-pixel layout, from a `_paired_conv` output (N, 6*s*s, h,
-    width // 2 + 1); with `pairs` 1, `y` as it is. One copy: columns interleaved, extras dropped."""
-    if pairs == 1:
-        return y
-    n, _, h, j = y.shape
-    return _by_pair(y, scale).permute(0, 1, 2, 4, 5, 6, 3).reshape(n, -1, h, 2 * j)[..., 1:width + 1]
-
-
-def shuffle_into(dst: torch.Tensor, y: torch.Tensor, scale: int) -> None:
-    """Pixel-shuffle a sub-pixel output `y` (N, c*s*s, h, w) into `dst` (N, c, h*s, w*s), in one pass."""
-    n, c, hs, ws = dst.shape
-    s = scale
-    dst.unflatten(3, (ws // s, s)).unflatten(2, (hs // s, s)).copy_(y.unflatten(1, (c, s, s)).permute(0, 1, 4, 2, 5, 3))
-
-
-def shuffle_pairs_into(dst: torch.Tensor, y: torch.Tensor, first: int, scale: int) -> None:
-    """Pixel-shuffle columns first .. first+w-1 of a `_paired_conv` output `y` (N, 6*s*s, h, J) into
-    `dst` (N, 3, h*s, w*s), in one pass: whole pairs as runs of 2*s pixels, a lone column at
-    either end by itself."""
-    s, w = scale, dst.shape[3] // scale
-    pairs = _by_pair(y, s)  # column u sits at pair (u + 1) // 2, half (u + 1) % 2
-
-    def lone(u: int, at: int) -> None:
-        col = pairs[:, :, :, (u + 1) % 2, :, :, (u + 1) // 2]  # (N, colour, sub-row, sub-column, h)
-        dst[..., at * s:(at + 1) * s].unflatten(2, (-1, s)).copy_(col.permute(0, 1, 4, 2, 3))
-
-    at = 0
-    if first % 2 == 0 and w:  # the second half of a pair
-        lone(first, 0)
-        at = 1
-    m = (w - at) // 2
-    if m:
-        j0 = (first + at + 1) // 2
-        src = pairs[..., j0:j0 + m].permute(0, 1, 5, 2, 6, 3, 4)  # (N, colour, h, sub-row, m, p, sub-column)
-        dst[..., at * s:(at + 2 * m) * s].unflatten(3, (m, 2, s)).unflatten(2, (-1, s)).copy_(src)
-    if at + 2 * m < w:
-        lone(first + w - 1, w - 1)
-
-
 def split_stream(model: nn.Module, pair_columns: Optional[bool] = False) -> nn.Module:
     """`SplitSqueezeSR` of a SqueezeSR (eval mode, the original untouched); other models as they are.
 
     `pair_columns`: the tail in column pairs; None: where it has at most PAIR_MAX_CHANNELS
     outputs (x2). Pairs pay only where the runtime takes the raw output (`Subpixel`, as
-    `backends.onnx_runner` does): in a whole-image graph, undoing them costs more than they save.
+    `for_graph_runtime` gives it): in a whole-image graph, undoing them costs more than they save.
     """
     if isinstance(model, SplitSqueezeSR) or not isinstance(model, SqueezeSR):
         return model
     return SplitSqueezeSR(model, pair_columns).eval()
+
+
+def for_graph_runtime(model: nn.Module) -> nn.Module:
+    """What a graph runtime (onnxruntime) runs for a SqueezeSR: the split stream, its tail in column
+    pairs where that pays, stopped before the pixel shuffle (the runtime shuffles as it copies)."""
+    return Subpixel(split_stream(model, pair_columns=None))
 
 
 def receptive_radius(model: nn.Module) -> Optional[int]:
@@ -299,5 +261,5 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
     return FusedSqueezeSR(model, channels_last=channels_last).eval()
 
 
-__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "receptive_radius",
-           "reparameterize", "shuffle_into", "shuffle_pairs_into", "split_stream", "unpair_columns"]
+__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "for_graph_runtime",
+           "receptive_radius", "reparameterize", "split_stream"]

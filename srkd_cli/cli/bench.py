@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..backends import backend_help
 from ..errors import ConfigError
 from . import app
 from .console import console, err_console
@@ -55,8 +56,7 @@ def bench(
     warmup: int = typer.Option(2, min=0, help="Untimed calls per row first."),
     backend: List[str] = typer.Option(
         ["auto"], "--backend", "-b",
-        help="Runtime (repeatable): auto (what `srkd upscale` runs for the model), torch, torch-opt, onnxruntime, "
-             "torchscript, compile.",
+        help="Runtime (repeatable). " + backend_help(),
     ),
     precision: List[str] = typer.Option(
         ["fp32"], "--precision", "-p",
@@ -66,7 +66,7 @@ def bench(
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (on the CPU: one child process per row)."),
     tune_malloc: bool = typer.Option(
         False, "--tune-malloc",
-        help="Let glibc reuse freed memory instead of unmapping it (backends.tune_cpu_allocator) for every row.",
+        help="Let glibc reuse freed memory instead of unmapping it (runtime.allocator.tune_cpu_allocator) for every row.",
     ),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the records to this JSON file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
@@ -76,7 +76,7 @@ def bench(
 
     w, h = parse_size(size)
     if tune_malloc:
-        from ..backends import tune_cpu_allocator
+        from ..runtime.allocator import tune_cpu_allocator
 
         if not tune_cpu_allocator():
             raise ConfigError("--tune-malloc: this system's C library is not glibc")

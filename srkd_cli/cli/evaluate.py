@@ -9,14 +9,15 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..backends import backend_help
 from ..config import check_scale
 from ..errors import ConfigError
-from ..evaluate import EvalRecord, bicubic_upscaler, evaluate_folder, load_pairs
-from ..inference import Upscaler, pick_device
+from ..evaluate import EvalRecord, as_read, bicubic_upscaler, evaluate_folder, load_pairs
+from ..inference import pick_device
 from ..loader import load_model
 from . import app
 from .console import console
-from .upscale import _note, make_runner
+from .upscale import _note, make_upscaler
 
 
 def records_table(records: List[EvalRecord], title: str) -> Table:
@@ -39,7 +40,7 @@ def eval_(
     per_image: bool = typer.Option(False, help="Include per-image scores in the JSON."),
     save_images: Optional[Path] = typer.Option(None, help="Save outputs as DIR/{dataset}/{model}/{stem}.png."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime, as `srkd upscale` runs them."),
+    backend: str = typer.Option("auto", "--backend", help=backend_help(upscale=True) + " As `srkd upscale` runs them."),
     precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR on onnxruntime), as `srkd upscale`."),
 ) -> int:
     """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
@@ -50,9 +51,9 @@ def eval_(
     candidates = []  # (label, upscale fn or None, sr_dir)
 
     def upscaler(lm):
-        # Exactly what `srkd upscale` runs with the same --backend/--precision/--device.
-        runner, _, prec = make_runner(lm.model, backend, precision, dev, say=_note)
-        return Upscaler(runner, lm.spec, lm.config, dev, prec, tile="auto")
+        # Exactly what `srkd upscale` runs with the same --backend/--precision/--device, on its input.
+        up, _ = make_upscaler(lm, backend, precision, dev, say=_note)
+        return lambda lr: up(as_read(lr))
 
     suffix = "" if precision == "fp32" else f" ({precision})"
     for name in model:

@@ -17,20 +17,18 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..backends import backend_help, check_backend, pick_backend, prepare
+from ..checkpoint import LoadedModel
 from ..config import check_scale
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
-from ..backends import PRECISION_CHOICES, pick_backend, prepare, tune_cpu_allocator
-from ..quantize import check_int8
-from ..inference import Upscaler, pick_device
+from ..inference import PRECISIONS, TileSpec, Upscaler, pick_device
 from ..loader import load_model
+from ..runtime.allocator import tune_cpu_allocator
 from ..upscale import ALPHA_MODES, FileResult, Job, OutputOptions, collect_inputs, plan_jobs, run_jobs
 from . import app
 from .console import console, err_console
-
-
-UPSCALE_BACKENDS = ("auto", "torch", "torch-opt", "onnxruntime")
 
 
 def parse_tile(tile: str):
@@ -50,20 +48,24 @@ def _note(msg: str) -> None:
 def make_runner(model, backend: str, precision: str, dev: torch.device, threads: Optional[int] = None,
                 say: Optional[Callable[[str], None]] = None) -> Tuple[Any, str, str]:
     """(runner, backend label, precision for the Upscaler) for `--backend`/`--precision`, as
-    `srkd upscale` runs them (`srkd eval` scores the same). int8 is the runner's own business:
-    the Upscaler then runs float32 around it."""
-    if backend not in UPSCALE_BACKENDS:
-        raise ConfigError(f"--backend {backend}: choose {', '.join(UPSCALE_BACKENDS)}")
-    if precision not in PRECISION_CHOICES:
-        raise ConfigError(f"--precision {precision}: choose {', '.join(PRECISION_CHOICES)}")
-    if precision == "int8":
-        check_int8(model, backend, dev)
-        return prepare(model, "onnxruntime", dev, threads=threads, precision="int8", say=say), "onnxruntime int8", "fp32"
-    if backend == "onnxruntime" and precision != "fp32":
-        raise ConfigError("--backend onnxruntime runs fp32 (or int8 for SqueezeSR) only")
-    if backend == "auto":
+    `srkd upscale` runs them. A precision the backend's own graph runs (int8) is the runner's
+    business: the Upscaler then runs float32 around it."""
+    if check_backend(backend, upscale=True) == "auto":
         backend = pick_backend(model, dev, precision, note=say or (lambda msg: None))
-    return prepare(model, backend, dev, threads=threads), backend, precision
+    runner = prepare(model, backend, dev, threads=threads, precision=precision, say=say)
+    if precision in PRECISIONS:
+        return runner, backend, precision
+    return runner, f"{backend} {precision}", "fp32"
+
+
+def make_upscaler(lm: LoadedModel, backend: str, precision: str, dev: torch.device, threads: Optional[int] = None,
+                  tile: TileSpec = "auto", overlap: int = 32, tta: bool = False,
+                  say: Optional[Callable[[str], None]] = None) -> Tuple[Upscaler, str]:
+    """(the Upscaler, the backend label) `srkd upscale` runs for these options; `srkd eval` scores the same."""
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # glibc reuses freed memory: the runners then measured faster (see optimize)
+    runner, label, upscaler_precision = make_runner(lm.model, backend, precision, dev, threads, say)
+    return Upscaler(runner, lm.spec, lm.config, dev, upscaler_precision, tile, overlap, tta), label
 
 
 def _on_main(env: DistEnv, work: Callable[[], Any]) -> Any:
@@ -109,7 +111,7 @@ def upscale(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse inputs claiming more pixels (decompression-bomb guard)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write per-file records as JSON to this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch, torch-opt or onnxruntime; same output to 1e-4. auto: the fastest for the model and device."),
+    backend: str = typer.Option("auto", "--backend", help=backend_help(upscale=True)),
 ) -> int:
     """Upscale images with a super-resolution model."""
     if scale is not None:
@@ -160,14 +162,11 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
                  alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="auto", threads=None) -> Tuple[List[FileResult], int, str]:
     """Every rank's results (rank 0: all of them, plan failures included), the scale and the backend run."""
     dev = rank_device(env, pick_device(device))
-    if dev.type == "cpu":
-        tune_cpu_allocator()
     init_process_group(env, dev)
     lm = load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev)
     s = lm.scale
-    runner, backend, precision = make_runner(lm.model, backend, precision, dev, threads,
-                                             say=None if (quiet or not env.is_main) else _note)
-    upscaler = Upscaler(runner, lm.spec, lm.config, dev, precision, parse_tile(tile), tile_overlap, tta)
+    upscaler, backend = make_upscaler(lm, backend, precision, dev, threads, parse_tile(tile), tile_overlap, tta,
+                                      say=None if (quiet or not env.is_main) else _note)
 
     def plan() -> Tuple[List[Job], List[FileResult]]:
         files, missing = collect_inputs(inputs, recursive)

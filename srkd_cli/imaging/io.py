@@ -292,12 +292,16 @@ def _quiet_cv2(fn):
         logging.setLogLevel(saved)
 
 
+def unit_samples(samples: np.ndarray, bits: int = 8) -> torch.Tensor:
+    """(H, W, C) integer samples -> (1, C, H, W) float32 in [0, 1]: how every image read here becomes a tensor."""
+    x = torch.from_numpy(samples.transpose(2, 0, 1).astype(np.float32))  # a writable copy
+    return x.mul_(1.0 / (65535.0 if bits == 16 else 255.0)).unsqueeze(0)
+
+
 def _make_image(path: Path, arr: np.ndarray, bits: int, mode: str, icc: Optional[bytes],
                 exif: Optional[bytes], orientation: int, fmt: str) -> Image:
     """Orient an (H, W, C) uint array, scale to [0, 1] and split colour from alpha."""
-    arr = _orient(arr, orientation)
-    x = torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32))  # a writable copy
-    x = x.mul_(1.0 / (65535.0 if bits == 16 else 255.0)).unsqueeze(0)
+    x = unit_samples(_orient(arr, orientation), bits)
     colour = 1 if x.shape[1] in (1, 2) else 3
     alpha = x[:, colour:colour + 1].contiguous() if x.shape[1] in (2, 4) else None
     return Image(rgb=x[:, :colour].contiguous(), alpha=alpha, bit_depth=bits, mode=mode,
