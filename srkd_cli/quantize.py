@@ -18,15 +18,22 @@ narrow channels more of the 256 levels. What is left of the loss (0.15 dB on Set
 8-bit residual stream itself, which every op reads; keeping it in float costs more time than
 int8 saves.
 
-The quantised graph is cached under `cache_dir()`, keyed by the weights' sha256, the recipe,
-the calibration files and the onnxruntime version, so it is made once (a few seconds), not per
-call.
+Weights get 8 bits where this CPU's onnxruntime kernels sum u8 x s8 products exactly (VNNI, AMX,
+Arm dot products) and 7 bits (`reduce_range`) where they do not: without VNNI, x86 kernels add
+pairs of products in saturating 16-bit lanes (255 x 127 x 2 > 32767), which measured 27.6 dB
+instead of 36.8 on Set5 x2. `u8s8_saturates()` finds out by running a one-conv graph whose exact
+answer is known, so the choice follows what the kernels do, not a CPU-flag list.
+
+The quantised graph is cached under `cache_dir()`, keyed by the weights' sha256, the recipe
+(weight bits included), the calibration files and the onnxruntime version, so it is made once
+(a few seconds), not per call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -56,6 +63,8 @@ RECIPE: Dict[str, Any] = {
     "calibration": "percentile", "equalize": 1.0, "crops": 32, "crop": 64, "seed": 0,
 }
 CALIBRATION_ENV = "SRKD_CALIBRATION_DATA"
+WEIGHT_BITS = ("auto", "8", "7")
+WEIGHT_BITS_ENV = "SRKD_INT8_WEIGHT_BITS"  # auto (default), 8 or 7: what `--precision int8` quantises with
 _IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _REPO = Path(__file__).resolve().parents[1]
 # int8 vs fp32, mean |difference| in grey levels (of 255) on natural images: int8 is approximate.
@@ -88,6 +97,59 @@ def int8_difference(model: nn.Module, runner, inputs) -> float:
             total += float((got - ref).abs().sum()) * 255
             count += ref.numel()
     return total / max(1, count)
+
+
+@functools.lru_cache(maxsize=None)
+def u8s8_saturates() -> bool:
+    """Whether onnxruntime's int8 convs on this CPU saturate u8 x s8 pair sums at 16 bits.
+
+    Runs one 1x1 QDQ conv over 16 channels of 255 x 127 (exact sum 518,160, 126.5 output steps
+    of 4096); a saturating kernel (x86 without VNNI) gives 8 x 32,767, 64 steps.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = 16
+    consts = {"sx": np.array(1.0, np.float32), "zx": np.array(0, np.uint8), "w": np.full((1, c, 1, 1), 127, np.int8),
+              "sw": np.array([1.0], np.float32), "zw": np.array([0], np.int8), "sy": np.array(4096.0, np.float32),
+              "zy": np.array(0, np.uint8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "sy", "zy"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["out"])]
+    graph = helper.make_graph(nodes, "u8s8-probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.full((1, c, 4, 4), 255, np.float32)})
+    return float(np.max(y)) < 100 * 4096
+
+
+def weight_bits(choice: Optional[str] = None) -> int:
+    """8, or 7 where this CPU's kernels saturate (`u8s8_saturates`); "8"/"7" force one.
+
+    `choice` None reads $SRKD_INT8_WEIGHT_BITS (default auto).
+    """
+    if choice is None:
+        choice = os.environ.get(WEIGHT_BITS_ENV, "").strip() or "auto"
+    choice = str(choice)
+    if choice not in WEIGHT_BITS:
+        raise ConfigError(f"int8 weight bits {choice!r} (--weight-bits or ${WEIGHT_BITS_ENV}): "
+                          f"choose {', '.join(WEIGHT_BITS)}")
+    if choice != "auto":
+        return int(choice)
+    return 7 if u8s8_saturates() else 8
+
+
+def recipe(bits: int) -> Dict[str, Any]:
+    """RECIPE with the weight width that `quantize_bytes` will use."""
+    return {**RECIPE, "weight_bits": int(bits)}
 
 
 # ----------------------------------------------------------------------------- calibration data
@@ -207,22 +269,23 @@ def cache_dir() -> Path:
     return url_cache_dir().parent / "int8"
 
 
-def cache_key(model: nn.Module, files: Sequence[Path], folder: Path) -> str:
+def cache_key(model: nn.Module, files: Sequence[Path], folder: Path, bits: int = 8) -> str:
     import onnxruntime
 
     files_id = [(str(p.relative_to(folder)), p.stat().st_size) for p in files]
-    blob = json.dumps({"weights": weights_sha256(model), "scale": int(model.scale), "recipe": RECIPE,
+    blob = json.dumps({"weights": weights_sha256(model), "scale": int(model.scale), "recipe": recipe(bits),
                        "calibration": files_id, "onnxruntime": onnxruntime.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional[Dict[str, Any]] = None) -> bytes:
-    """The int8 ONNX graph of a SqueezeSR `model` (RECIPE), calibrated on `crops`; uncached."""
+def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional[Dict[str, Any]] = None,
+                   bits: int = 8) -> bytes:
+    """The int8 ONNX graph of a SqueezeSR `model` (RECIPE, weights in `bits` 8 or 7), calibrated on `crops`; uncached."""
     import onnx
     from onnxruntime import quantization as Q
 
     fused = equalize_stream(reparameterize(model.eval().cpu()), crops, RECIPE["equalize"])
-    meta = {"precision": "int8", "int8_recipe": RECIPE, **(meta or {})}
+    meta = {"precision": "int8", "int8_recipe": recipe(bits), **(meta or {})}
     proto = onnx.load_from_string(onnx_bytes(FusedSubpixel(fused), meta=meta))
 
     class Reader(Q.CalibrationDataReader):
@@ -243,7 +306,7 @@ def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional
             Q.quantize_static(
                 proto, out, Reader(), quant_format=Q.QuantFormat.QDQ, per_channel=True,
                 activation_type=Q.QuantType.QUInt8, weight_type=Q.QuantType.QInt8,
-                calibrate_method=Q.CalibrationMethod.Percentile,
+                calibrate_method=Q.CalibrationMethod.Percentile, reduce_range=bits == 7,
             )
             q = onnx.load(str(out))
         finally:
@@ -256,19 +319,25 @@ def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional
 
 
 def int8_onnx_bytes(model: nn.Module, calibration: Optional[Union[str, os.PathLike]] = None,
-                    cache: bool = True, say=None) -> bytes:
-    """The int8 graph of `model` (whose architecture has an int8 path), from the cache when it has been made before."""
+                    cache: bool = True, say=None, bits: Optional[str] = None) -> bytes:
+    """The int8 graph of `model` (whose architecture has an int8 path), from the cache when it has been made before.
+
+    `bits` (default $SRKD_INT8_WEIGHT_BITS, else auto) gives the weights 7 bits where this CPU's
+    kernels would saturate 8 (`weight_bits`).
+    """
+    nbits = weight_bits(bits)
     folder, files = calibration_files(calibration)
-    path = cache_dir() / f"{type(model).__name__.lower()}-x{model.scale}-{cache_key(model, files, folder)}.onnx"
+    path = cache_dir() / f"{type(model).__name__.lower()}-x{model.scale}-{cache_key(model, files, folder, nbits)}.onnx"
     if cache and path.is_file():
         try:
             return path.read_bytes()
         except OSError:
             pass
     if say:
+        narrow = "; 7-bit weights: this CPU's int8 kernels saturate 8-bit ones (no VNNI)" if nbits == 7 else ""
         say(f"quantising {type(model).__name__} x{model.scale} to int8 (calibration: {RECIPE['crops']} crops from "
-            f"{folder}; cached in {path.parent})")
-    data = quantize_bytes(model, calibration_crops(files, model.scale))
+            f"{folder}; cached in {path.parent}{narrow})")
+    data = quantize_bytes(model, calibration_crops(files, model.scale), bits=nbits)
     if cache:
         try:
             atomic_write(path, lambda p: p.write_bytes(data))
@@ -287,6 +356,7 @@ def int8_runner(model: nn.Module, threads: Optional[int] = None, say=None):
     return OnnxModel(data, threads=1)
 
 
-__all__ = ["CALIBRATION_ENV", "INT8_TOLERANCE", "RECIPE", "cache_dir", "calibration_crops", "calibration_files",
-           "equalize_stream", "int8_difference", "int8_onnx_bytes", "int8_runner", "quantize_bytes", "require_quantization",
-           "supports_int8", "weights_sha256"]
+__all__ = ["CALIBRATION_ENV", "INT8_TOLERANCE", "RECIPE", "WEIGHT_BITS", "WEIGHT_BITS_ENV", "cache_dir",
+           "calibration_crops", "calibration_files", "equalize_stream", "int8_difference", "int8_onnx_bytes",
+           "int8_runner", "quantize_bytes", "recipe", "require_quantization", "supports_int8", "u8s8_saturates",
+           "weight_bits", "weights_sha256"]

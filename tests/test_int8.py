@@ -148,3 +148,53 @@ def test_bench_times_fp32_and_int8_side_by_side():
     assert any("swin (torch): no int8 row" in n for n in records.notes)
     int8 = next(r for r in records if r["precision"] == "int8")
     assert int8["floor_ratio"] is not None  # against the fp32 floor, like every model row
+
+
+def _conv_weight_range(data: bytes):
+    """(min, max) over the int8 conv weights that the graph dequantises."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(data)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    ws = [inits[n.input[0]] for n in proto.graph.node
+          if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+          and inits[n.input[0]].ndim == 4]
+    assert ws, "no int8 conv weights in the graph"
+    return min(int(w.min()) for w in ws), max(int(w.max()) for w in ws)
+
+
+def test_seven_bit_weights_where_kernels_saturate(monkeypatch):
+    """Without VNNI, x86 int8 kernels add u8 x s8 product pairs in saturating 16-bit lanes; srkd then
+    quantises weights to 7 bits, in a graph cached apart from the 8-bit one."""
+    torch.manual_seed(0)
+    model = build_model("squeezesr", 2, n_feats=8, blocks=1, squeeze=4, expand1x1=4).eval()
+    lo8, hi8 = _conv_weight_range(quantize.int8_onnx_bytes(model, bits="8"))
+    lo7, hi7 = _conv_weight_range(quantize.int8_onnx_bytes(model, bits="7"))
+    assert max(-lo8, hi8) == 127 and max(-lo7, hi7) == 64  # 255 x 64 x 2 < 32767: no lane overflows
+    monkeypatch.setenv(quantize.WEIGHT_BITS_ENV, "7")
+    assert quantize.weight_bits() == 7
+    monkeypatch.setattr(quantize, "u8s8_saturates", lambda: True)
+    monkeypatch.setenv(quantize.WEIGHT_BITS_ENV, "auto")
+    assert quantize.weight_bits() == 7
+    monkeypatch.setattr(quantize, "u8s8_saturates", lambda: False)
+    assert quantize.weight_bits() == 8
+    monkeypatch.setenv(quantize.WEIGHT_BITS_ENV, "6")
+    with pytest.raises(quantize.ConfigError, match="choose auto, 8, 7"):
+        quantize.weight_bits()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("qemu-x86_64") or __import__("platform").machine() != "x86_64",
+                    reason="needs qemu-x86_64 (Debian qemu-user) to run a CPU without VNNI")
+def test_the_probe_sees_saturation_on_a_cpu_without_vnni():
+    """The probe's answer on an emulated Haswell (AVX2, no VNNI) and on this CPU, run for real."""
+    import subprocess
+
+    code = "from srkd_cli.quantize import u8s8_saturates; print(u8s8_saturates())"
+    run = subprocess.run(["qemu-x86_64", "-cpu", "Haswell-noTSX", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout.strip().splitlines()[-1] == "True"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        assert quantize.u8s8_saturates() is False

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import ConfigError
 from . import app
 from .console import console
 
@@ -22,11 +23,17 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     int8: bool = typer.Option(False, "--int8", help="SqueezeSR quantised to int8 for onnxruntime's CPU (approximate: "
                                                      "checked to within 1.5 grey levels of fp32 on average)."),
+    weight_bits: Optional[str] = typer.Option(
+        None, "--weight-bits", help="With --int8: auto (this CPU's best; the default, or $SRKD_INT8_WEIGHT_BITS), 8, or 7 "
+                                    "for a file that runs right on any x86 CPU (8-bit weights saturate CPUs without VNNI)."),
 ) -> int:
     """Export a model with dynamic batch, height and width; outputs match PyTorch to 1e-4."""
     from ..export import export as do_export
 
-    r = do_export(model, output, fmt=fmt.lower(), scale=scale, opset=opset, fuse=fuse, overwrite=overwrite, int8=int8)
+    r = do_export(model, output, fmt=fmt.lower(), scale=scale, opset=opset, fuse=fuse, overwrite=overwrite, int8=int8,
+                  weight_bits=weight_bits)
+    if weight_bits is not None and not int8:
+        raise ConfigError("--weight-bits is for --int8 exports")
     if int8:
         console.print(f"wrote {r.path} (onnx int8, {r.arch} x{r.scale}, {r.bytes / 1e6:.2f} MB); mean difference "
                       f"from fp32 {r.max_abs_diff:.2f} grey levels", highlight=False)
