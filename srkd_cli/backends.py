@@ -80,16 +80,17 @@ def optimize(model: nn.Module, device: Union[str, torch.device] = "cpu", tile: U
 
     An architecture with a re-parameterised form (`ArchSpec.reparameterize`: SqueezeSR) runs it
     and, on the CPU with a small receptive field, in cache-sized tiles (`HaloTiles`; `tile="auto"`:
-    CPU_TILE, or whole images once `tune_cpu_allocator` has run, which measured faster); every
-    conv net gets channels_last weights, which oneDNN runs faster on the CPU than NCHW. The
-    original model is not modified.
+    CPU_TILE, or whole images once `tune_cpu_allocator` has run, which measured faster); other
+    models get channels_last weights where their spec prefers it (conv nets: oneDNN runs them
+    faster than NCHW; not SwinIR, whose attention reshapes undo it). The original model is not modified.
     """
     if tile == "auto":
         tile = None if allocator_tuned() else CPU_TILE
     device = torch.device(device)
     spec = spec_for(model)
     if spec is None or spec.reparameterize is None:
-        return copy.deepcopy(model).to(device, memory_format=torch.channels_last).eval()
+        layout = torch.channels_last if spec is None or spec.channels_last else torch.contiguous_format
+        return copy.deepcopy(model).to(device, memory_format=layout).eval()
     fused = spec.reparameterize(model, True).to(device)
     radius = halo_radius(model)
     if device.type == "cpu" and tile and radius is not None:
