@@ -51,7 +51,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from .config import check_scale, parse_setting
-from .errors import CheckpointError, ConfigError, ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError
 
 RECORD_KEYS = (
     "model", "scale", "size", "device", "backend", "precision", "params", "macs_per_pixel", "median_s", "min_s", "max_s",
@@ -142,32 +142,26 @@ def resolve_model(name: str, scale: int) -> ResolvedModel:
     architecture directly.
     """
     from .archs import get_arch, list_archs
-    from .checkpoint import load_checkpoint
+    from .loader import load_model
     from .zoo import get_zoo
 
     path = Path(name).expanduser()
     if path.is_file():
-        lm = load_checkpoint(path)
-        if lm.scale != scale:
-            raise CheckpointError(f"{path}: upscales x{lm.scale}, not x{scale} (use --scale {lm.scale})")
+        lm = load_model(None, path, scale)
         return ResolvedModel(path.name, lm.model.eval(), trained=True)
     if ":" not in name:
-        zoo = get_zoo()
         try:
-            entry = zoo.get(name, scale=scale)
+            entry = get_zoo().get(name, scale=scale)
         except ModelNotFoundError:
             entry = None
         if entry is not None:
             try:
-                weights = zoo.resolve(entry.name, offline=True, progress=False)
-            except ModelNotFoundError:
-                weights = None
-            if weights is not None:
-                lm = load_checkpoint(weights, scale=entry.scale)
+                lm = load_model(entry.name, scale=scale, offline=True)
                 return ResolvedModel(entry.name, lm.model.eval(), trained=True)
-            torch.manual_seed(0)
-            model = get_arch(entry.arch).build(entry.scale, **entry.config).eval()
-            return ResolvedModel(entry.name + UNTRAINED, model, trained=False)
+            except ModelNotFoundError:  # neither bundled nor cached: time the architecture
+                torch.manual_seed(0)
+                model = get_arch(entry.arch).build(entry.scale, **entry.config).eval()
+                return ResolvedModel(entry.name + UNTRAINED, model, trained=False)
     found = _arch_with_overrides(name, scale)
     if found is None:
         raise ModelNotFoundError(

@@ -18,8 +18,13 @@ def load_model(
     weights: Optional[Union[str, Path]] = None,
     scale: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
+    offline: Optional[bool] = None,
 ) -> LoadedModel:
-    """A zoo name (`swinir4`, `squeezesr-x2`) or a weights file -> LoadedModel, checked against `scale`."""
+    """A zoo name (`swinir4`, `squeezesr-x2`) or a weights file -> LoadedModel, checked against `scale`.
+
+    `offline` True never downloads (ModelNotFoundError when the file is neither bundled nor
+    cached); None follows HF_HUB_OFFLINE.
+    """
     from .zoo import get_zoo
 
     if model and weights:
@@ -33,7 +38,7 @@ def load_model(
         return load_checkpoint(Path(model).expanduser(), scale=scale, device=device)
     else:
         entry = zoo.get(model, scale=scale)
-    path = zoo.resolve(entry.name)
+    path = zoo.resolve(entry.name, offline=offline, progress=not offline)
     lm = load_checkpoint(path, scale=entry.scale, device=device)
     _check_against_entry(lm, entry, path)
     lm.metadata.setdefault("zoo_name", entry.name)
