@@ -279,13 +279,19 @@ def cache_key(model: nn.Module, files: Sequence[Path], folder: Path, bits: int =
 
 
 def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional[Dict[str, Any]] = None,
-                   bits: int = 8) -> bytes:
-    """The int8 ONNX graph of a SqueezeSR `model` (RECIPE, weights in `bits` 8 or 7), calibrated on `crops`; uncached."""
+                   bits: int = 8, fmt: str = RECIPE["format"]) -> bytes:
+    """The int8 ONNX graph of a SqueezeSR `model` (RECIPE, weights in `bits` 8 or 7), calibrated on `crops`; uncached.
+
+    `fmt` "qoperator" instead of the recipe's "qdq" exists for scripts/int8_formats.py's comparison.
+    """
+    formats = {"qdq": "QDQ", "qoperator": "QOperator"}
+    if fmt not in formats:
+        raise ConfigError(f"int8 format {fmt!r}: choose {', '.join(formats)}")
     import onnx
     from onnxruntime import quantization as Q
 
     fused = equalize_stream(reparameterize(model.eval().cpu()), crops, RECIPE["equalize"])
-    meta = {"precision": "int8", "int8_recipe": recipe(bits), **(meta or {})}
+    meta = {"precision": "int8", "int8_recipe": {**recipe(bits), "format": fmt}, **(meta or {})}
     proto = onnx.load_from_string(onnx_bytes(FusedSubpixel(fused), meta=meta))
 
     class Reader(Q.CalibrationDataReader):
@@ -304,7 +310,7 @@ def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional
         try:
             out = Path(tmp) / "int8.onnx"
             Q.quantize_static(
-                proto, out, Reader(), quant_format=Q.QuantFormat.QDQ, per_channel=True,
+                proto, out, Reader(), quant_format=getattr(Q.QuantFormat, formats[fmt]), per_channel=True,
                 activation_type=Q.QuantType.QUInt8, weight_type=Q.QuantType.QInt8,
                 calibrate_method=Q.CalibrationMethod.Percentile, reduce_range=bits == 7,
             )
