@@ -306,6 +306,16 @@ def test_resume_reproduces_an_uninterrupted_run(images, tmp_path):
     assert all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
+def test_a_run_resumed_with_a_longer_schedule_records_every_command(images, tmp_path):
+    """Bundled weights name every piece that trained them: the resume command alone does not reproduce."""
+    train(_cfg(images, tmp_path / "r", steps=4, ckpt_every=2, command="srkd train --steps 4"))
+    again = train(_cfg(images, tmp_path / "r", steps=6, ckpt_every=2, resume=True, command="srkd train --steps 6 --resume"))
+    assert again.completed and again.step == 6
+    prov = json.loads(load_checkpoint(again.final).metadata["provenance"])
+    assert prov["commands"] == ["srkd train --steps 4", "srkd train --steps 6 --resume"]
+    assert prov["command"] == "srkd train --steps 6 --resume"
+
+
 def test_distill_teacher_frozen_and_run_once_per_step(images, teachers, tmp_path):
     for student, teacher, extra in (
         ("squeezesr", teachers["edsr-t"], dict(arch_config=dict(TINY_SQUEEZE), feat_weight=0.1)),

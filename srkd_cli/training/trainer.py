@@ -233,6 +233,7 @@ class Trainer:
         self._part_names: List[str] = []
         self._last_ckpt_step: Optional[int] = None
         self._resumed = False
+        self._earlier_commands: List[str] = []  # of the pieces this run resumed from
         if cfg.resume and (self.out / STATE_FILE).is_file():
             self._load_state()
 
@@ -394,6 +395,7 @@ class Trainer:
             "scale": self.cfg.scale,
             "model_config": self.model_config,
             "recipe": self.recipe.describe(),
+            "commands": self._commands(),
             "model": self.model.state_dict(),
             "adapters": self.adapters.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
@@ -456,6 +458,7 @@ class Trainer:
         self._acc_steps, self._part_names = st["acc_steps"], list(st["part_names"])
         if st.get("data_fingerprint") != self.fingerprint:
             self.warnings.append("--resume: the training data changed since the run started")
+        self._earlier_commands = [str(c) for c in st.get("commands", [])]
         self._last_ckpt_step = self.step
         self._resumed = True
 
@@ -559,11 +562,18 @@ class Trainer:
     def export_model(self) -> SRModel:
         return self.ema.model if self.ema else self.model
 
+    def _commands(self) -> List[str]:
+        """Every command that trained this run, oldest first: a resumed run is reproduced by all of them."""
+        now = self.cfg.command or shlex.join(sys.argv)
+        earlier = self._earlier_commands
+        return earlier if earlier and earlier[-1] == now else [*earlier, now]
+
     def provenance(self) -> Dict[str, Any]:
         cfg = self.cfg
         return {
             "srkd_version": __version__,
             "command": cfg.command or shlex.join(sys.argv),
+            "commands": self._commands(),
             "data": [str(d) for d in cfg.data],
             "data_fingerprint": self.fingerprint,
             "train_images": len(self.store),
