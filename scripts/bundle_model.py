@@ -54,6 +54,10 @@ def main() -> None:
     metrics["command"] = f"srkd eval --model {args.name} {data} --scale {lm.scale}"
     overrides = {k: v for k, v in lm.config.items() if lm.spec.defaults.get(k) != v}
     steps = prov.get("steps", "?")
+    commands = prov.get("commands") or [prov.get("command", "?")]
+    trained = ([f"Trained by srkd: {commands[0]}"] if len(commands) == 1 else
+               [f"Trained by srkd in {len(commands)} pieces, each resuming the one before with a longer schedule:",
+                *commands])
     text = [
         f'[models."{args.name}"]',
         f'arch = "{lm.spec.name}"',
@@ -63,7 +67,7 @@ def main() -> None:
         'license = "Apache-2.0"',
         f'description = "{args.description or lm.spec.description}"',
         'provenance = """',
-        f"Trained by srkd: {prov.get('command', '?')}",
+        *trained,
         f"Steps: {steps}; data fingerprint {prov.get('data_fingerprint', '?')}; seed {prov.get('seed', '?')};",
         f"best validation PSNR-Y {prov.get('best_val_psnr_y', '?')}; initialised from {prov.get('init') or 'scratch'}.",
         *([f"Teacher: {prov['teacher']} (sha256 {prov.get('teacher_sha256', '?')}); recipe {prov.get('recipe')}, "

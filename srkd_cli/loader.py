@@ -10,7 +10,7 @@ import torch
 from .checkpoint import LoadedModel, load_checkpoint
 from .errors import CheckpointError, ConfigError
 
-DEFAULT_FAMILY = "squeezesr"  # the bundled models `srkd upscale` uses when none is named
+DEFAULT_FAMILY = "squeezesr-kd"  # the bundled models `srkd upscale` uses when none is named: the best SqueezeSR at each scale
 
 
 def load_model(

@@ -4,7 +4,8 @@ import pytest
 
 from srkd_cli.evaluate import evaluate_folder, load_pairs
 from srkd_cli.inference import Upscaler
-from srkd_cli.loader import load_model
+from srkd_cli.config import SCALES
+from srkd_cli.loader import DEFAULT_FAMILY, load_model
 from srkd_cli.zoo import get_zoo
 
 BUNDLED = [e for e in get_zoo().list() if get_zoo().where(e.name) == "bundled"]
@@ -12,7 +13,18 @@ BUNDLED = [e for e in get_zoo().list() if get_zoo().where(e.name) == "bundled"]
 
 def test_default_models_are_bundled():
     names = {e.name for e in BUNDLED}
-    assert {"squeezesr-x2", "squeezesr-x3", "squeezesr-x4"} <= names
+    assert {f"{DEFAULT_FAMILY}-x{s}" for s in SCALES} | {f"squeezesr-x{s}" for s in SCALES} <= names
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_the_default_is_the_best_bundled_squeezesr(scale):
+    """`srkd upscale` with no --model gets the bundled SqueezeSR that scores highest at its scale."""
+    lm = load_model(scale=scale, device="cpu")
+    name = lm.metadata["zoo_name"]
+    assert name == f"{DEFAULT_FAMILY}-x{scale}"
+    same = [e for e in BUNDLED if e.arch == "squeezesr" and e.scale == scale]
+    for key in ("set5_psnr_y", "set14_psnr_y"):
+        assert max(same, key=lambda e: e.metrics[key]).name == name, key
 
 
 @pytest.mark.parametrize("entry", BUNDLED, ids=[e.name for e in BUNDLED])

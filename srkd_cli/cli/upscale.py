@@ -91,7 +91,7 @@ def upscale(
     inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
     scale: Optional[int] = typer.Option(None, "--scale", "-s", help="Upscaling factor: 2, 3 or 4 (default: the model's, else 4)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model from `srkd models` (default: the bundled squeezesr for the scale)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model from `srkd models` (default: the bundled squeezesr-kd for the scale)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A weights file (.safetensors or official .pth)."),
     device: str = typer.Option("auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 (inf/NaN falls back to fp32), or int8 (SqueezeSR "
