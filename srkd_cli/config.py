@@ -7,6 +7,8 @@ from typing import Any, Sequence, Tuple
 from .errors import ConfigError
 
 SCALES = (2, 3, 4)  # the upscaling factors every architecture, the zoo and the CLI accept
+# The bundled family `srkd upscale` runs when no model is named: the best SqueezeSR at each scale.
+DEFAULT_FAMILY = "squeezesr-kd"
 
 
 def or_list(items: Sequence[Any]) -> str:

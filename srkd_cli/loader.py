@@ -8,9 +8,9 @@ from typing import Optional, Union
 import torch
 
 from .checkpoint import LoadedModel, load_checkpoint
+from .config import DEFAULT_FAMILY
 from .errors import CheckpointError, ConfigError
 
-DEFAULT_FAMILY = "squeezesr-kd"  # the bundled models `srkd upscale` uses when none is named: the best SqueezeSR at each scale
 
 
 def load_model(

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..backends import backend_help
 from ..errors import ConfigError
 from . import app
-from .console import console, err_console
+from .console import err_console, table_console
 
 
 def _ms(s: Optional[float]) -> str:
@@ -92,8 +91,7 @@ def bench(
         title = (f"x{scale}, {w}x{h} -> {w * scale}x{h * scale}, {records.threads} thread(s), "
                  f"malloc {'tuned' if tune_malloc else 'default'}; dense 64-ch 3x3 conv: "
                  f"{records.conv_macs_per_s / 1e9:.1f} GMAC/s (the floor's rate)")
-        # Logs and pipes get the whole table; a terminal gets its own width.
-        out = console if console.is_terminal else Console(width=200)
+        out = table_console()
         out.print(render_table(records, title))
         for note in records.notes:
             out.print(f"[dim]note: {note}[/]", highlight=False)

@@ -16,7 +16,7 @@ from ..evaluate import EvalRecord, as_read, bicubic_upscaler, evaluate_folder, l
 from ..inference import pick_device
 from ..loader import load_model
 from . import app
-from .console import console
+from .console import table_console
 from .upscale import _note, make_upscaler
 
 
@@ -75,7 +75,7 @@ def eval_(
         for label, fn, sr_dir in candidates:
             save = save_images / folder.name / label.replace(":", "_") if save_images else None
             records.append(evaluate_folder(fn, label, folder, scale, pairs=pairs, sr_dir=sr_dir, save_dir=save))
-    console.print(records_table(records, f"x{scale}, PSNR (dB) and SSIM, border crop {scale}"))
+    table_console().print(records_table(records, f"x{scale}, PSNR (dB) and SSIM, border crop {scale}"))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps([r.to_dict(per_image) for r in records], indent=2) + "\n")

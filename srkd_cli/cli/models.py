@@ -9,13 +9,15 @@ import typer
 from rich.table import Table
 
 from .. import zoo
+from ..config import DEFAULT_FAMILY, SCALES
 from . import app
-from .console import console
+from .console import table_console
 
 
 def _rows() -> List[Dict[str, Any]]:
     z = zoo.get_zoo()
-    return [{**e.to_dict(), "where": z.where(e.name)} for e in z.list()]
+    defaults = {f"{DEFAULT_FAMILY}-x{s}" for s in SCALES}
+    return [{**e.to_dict(), "where": z.where(e.name), "default": e.name in defaults} for e in z.list()]
 
 
 def _params(n: Any) -> str:
@@ -44,7 +46,7 @@ def models(
         if psnr is not None and "source" in r["metrics"] and "command" not in r["metrics"]:
             cell += "*"
             published = True
-        table.add_row(r["name"], r["arch"], f"x{r['scale']}", _params(r["params"]), cell, r["where"])
+        table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["arch"], f"x{r['scale']}", _params(r["params"]), cell, r["where"])
     if published:
         table.caption = "* published figure, not measured by srkd"
-    console.print(table)
+    table_console().print(table)
