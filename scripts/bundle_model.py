@@ -55,6 +55,9 @@ def main() -> None:
     overrides = {k: v for k, v in lm.config.items() if lm.spec.defaults.get(k) != v}
     steps = prov.get("steps", "?")
     commands = prov.get("commands") or [prov.get("command", "?")]
+    start = prov.get("init") or "scratch"
+    if prov.get("init_sha256"):
+        start += f" (sha256 {prov['init_sha256']})"
     trained = ([f"Trained by srkd: {commands[0]}"] if len(commands) == 1 else
                [f"Trained by srkd in {len(commands)} pieces, each resuming the one before with a longer schedule:",
                 *commands])
@@ -69,7 +72,7 @@ def main() -> None:
         'provenance = """',
         *trained,
         f"Steps: {steps}; data fingerprint {prov.get('data_fingerprint', '?')}; seed {prov.get('seed', '?')};",
-        f"best validation PSNR-Y {prov.get('best_val_psnr_y', '?')}; initialised from {prov.get('init') or 'scratch'}.",
+        f"best validation PSNR-Y {prov.get('best_val_psnr_y', '?')}; initialised from {start}.",
         *([f"Teacher: {prov['teacher']} (sha256 {prov.get('teacher_sha256', '?')}); recipe {prov.get('recipe')}, "
            f"feature pairs {prov.get('pairs')}, {prov.get('feat_loss')} x {prov.get('feat_weight')}, "
            f"output weight {prov.get('out_weight')}; teacher cache {prov.get('teacher_cache')}."]

@@ -27,6 +27,7 @@ from srkd_cli.training import TrainConfig, TrainingDiverged, train
 from srkd_cli.training.data import MARGIN, PatchSampler, degrade, data_fingerprint, load_hr_store, load_val_set
 from srkd_cli.training.losses import alpha_kd_loss, feature_kd_loss, pixel_loss
 from srkd_cli.training.recipes import AlphaKD, FeatureKD, WithFeatures, init_from_teacher, make_distill_recipe
+from srkd_cli.zoo import sha256_file
 from srkd_cli.training.trainer import Trainer, lr_at
 
 TINY_SQUEEZE = dict(n_feats=8, squeeze=4, expand1x1=4)
@@ -306,6 +307,21 @@ def test_resume_reproduces_an_uninterrupted_run(images, tmp_path):
     assert all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
+def test_a_resumed_run_names_the_file_it_started_from(images, tmp_path):
+    """--init by name or path: the provenance keeps the sha256 of the file the run began with, even
+    when the file under that name changed before a resume."""
+    torch.manual_seed(4)
+    start = tmp_path / "start.safetensors"
+    save_checkpoint(start, build_model("squeezesr", 2, **TINY_SQUEEZE), "squeezesr", get_arch("squeezesr").config(**TINY_SQUEEZE))
+    first = sha256_file(start)
+    train(_cfg(images, tmp_path / "r", steps=2, ckpt_every=1, init=str(start)))
+    save_checkpoint(start, build_model("squeezesr", 2, **TINY_SQUEEZE), "squeezesr", get_arch("squeezesr").config(**TINY_SQUEEZE))
+    assert sha256_file(start) != first
+    again = train(_cfg(images, tmp_path / "r", steps=3, ckpt_every=1, init=str(start), resume=True))
+    assert json.loads(load_checkpoint(again.final).metadata["provenance"])["init_sha256"] == first
+    assert any("not the file this run started from" in w for w in again.warnings)
+
+
 def test_a_run_resumed_with_a_longer_schedule_records_every_command(images, tmp_path):
     """Bundled weights name every piece that trained them: the resume command alone does not reproduce."""
     train(_cfg(images, tmp_path / "r", steps=4, ckpt_every=2, command="srkd train --steps 4"))
@@ -441,7 +457,8 @@ def test_init_copies_matching_weights_across_scales(images, tmp_path):
     body = [k for k in got if not k.startswith("tail.")]
     assert body and all(torch.allclose(got[k], want[k], atol=1e-6) for k in body)
     assert got["tail.0.weight"].shape != want["tail.0.weight"].shape  # x4's tail starts fresh
-    assert json.loads(load_checkpoint(res.final).metadata["provenance"])["init"] == str(path)
+    prov = json.loads(load_checkpoint(res.final).metadata["provenance"])
+    assert prov["init"] == str(path) and prov["init_sha256"] == sha256_file(path)
     alien = save_checkpoint(tmp_path / "swin.safetensors", build_model("swinir", 2, **TINY_SWIN), "swinir", get_arch("swinir").config(**TINY_SWIN))
     with pytest.raises(ConfigError, match="no tensor matches"):
         train(_cfg(images, tmp_path / "bad", init=str(alien)))

@@ -116,6 +116,7 @@ class RunResult:
     model: SRModel  # the exported weights (EMA, or raw when EMA is off)
     teacher: Optional[SRModel] = None
     stop_reason: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)  # what the run printed as warnings
 
 
 def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> float:
@@ -279,10 +280,14 @@ class Trainer:
             )
         else:
             self.recipe = Recipe()
+        self.init_sha256: Optional[str] = None  # a zoo name alone does not say which file it was
         if cfg.init:
             from ..loader import load_model
+            from ..zoo import sha256_file
 
-            self.warnings.append(init_from_weights(self.model, load_model(cfg.init, device="cpu").model, cfg.init))
+            start = load_model(cfg.init, device="cpu")
+            self.warnings.append(init_from_weights(self.model, start.model, cfg.init))
+            self.init_sha256 = sha256_file(start.path) if start.path is not None else None
         self.channels_last = self.spec.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -396,6 +401,7 @@ class Trainer:
             "model_config": self.model_config,
             "recipe": self.recipe.describe(),
             "commands": self._commands(),
+            "init_sha256": self.init_sha256,
             "model": self.model.state_dict(),
             "adapters": self.adapters.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
@@ -459,6 +465,12 @@ class Trainer:
         if st.get("data_fingerprint") != self.fingerprint:
             self.warnings.append("--resume: the training data changed since the run started")
         self._earlier_commands = [str(c) for c in st.get("commands", [])]
+        started = st.get("init_sha256")
+        if started:
+            if self.init_sha256 and self.init_sha256 != started:
+                self.warnings.append(f"--resume: --init {self.cfg.init} is not the file this run started from; "
+                                     "the weights come from the state, the provenance names the original")
+            self.init_sha256 = started
         self._last_ckpt_step = self.step
         self._resumed = True
 
@@ -592,6 +604,7 @@ class Trainer:
             "teacher": self.teacher_name,
             "init_from_teacher": cfg.init_from_teacher,
             "init": cfg.init,
+            "init_sha256": self.init_sha256,
             "teacher_sha256": self.teacher_sha256,
             "teacher_cache": cfg.teacher_cache,
             **self.recipe.describe(),
@@ -664,7 +677,7 @@ class Trainer:
             if stop_reason:
                 progress.message(f"stopped at step {self.step} ({stop_reason}); continue with --resume")
         return RunResult(self.out, self.step, completed, final, best, self.best_psnr, self.last_loss,
-                         self.export_model(), self.recipe.teacher, stop_reason)
+                         self.export_model(), self.recipe.teacher, stop_reason, list(self.warnings))
 
     def _fill_cache(self, progress: "_Progress") -> None:
         cache = self.teacher_cache
