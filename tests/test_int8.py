@@ -107,7 +107,7 @@ def test_without_onnxruntime_auto_falls_back_with_one_line(run_cli, tmp_path, se
     src = set5 / "LR_bicubic" / "X2" / "birdx2.png"
     code, out, err = run_cli("upscale", src, "-o", tmp_path / "a.png", "--scale", "2", "--device", "cpu")
     assert code == 0, err
-    assert "(torch-opt)" in out
+    assert "with squeezesr-kd-x2" in out and "(torch-opt)" in out  # the default model, named
     notes = [ln for ln in err.splitlines() if "onnxruntime is not installed" in ln]
     assert len(notes) == 1 and "Traceback" not in err, err
     code, _, err = run_cli("upscale", src, "-o", tmp_path / "b.png", "--scale", "2", "--device", "cpu", "--precision", "int8")

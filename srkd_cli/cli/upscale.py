@@ -122,7 +122,7 @@ def upscale(
         torch.set_num_threads(threads)
     env = dist_env()
     try:
-        everything, s, used = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
+        everything, s, used, name = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
                                      alpha, OutputOptions(output, suffix, fmt, quality, overwrite, png_compression), recursive,
                                      max_pixels, quiet, backend, threads)
     except SrkdError as e:
@@ -153,14 +153,14 @@ def upscale(
     if not quiet and json_out != "-":
         done = [r for r in everything if r.ok]
         secs = sum(r.seconds for r in done)
-        console.print(f"upscaled {len(done)} of {len(everything)} image(s) x{s} in {secs:.2f} s ({used})"
-                      + (f"; {len(bad)} failed" if bad else ""), highlight=False)
+        console.print(f"upscaled {len(done)} of {len(everything)} image(s) x{s} with {name} in {secs:.2f} s ({used})"
+                      + (f"; {len(bad)} failed" if bad else ""), highlight=False, soft_wrap=True)
     return 1 if bad else 0
 
 
 def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
-                 alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="auto", threads=None) -> Tuple[List[FileResult], int, str]:
-    """Every rank's results (rank 0: all of them, plan failures included), the scale and the backend run."""
+                 alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="auto", threads=None) -> Tuple[List[FileResult], int, str, str]:
+    """Every rank's results (rank 0: all of them, plan failures included), the scale, the backend run and the model's name."""
     dev = rank_device(env, pick_device(device))
     init_process_group(env, dev)
     lm = load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev)
@@ -181,7 +181,8 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err_console, disable=not show, transient=True,
     ) as bar:
-        task = bar.add_task(f"x{s} {lm.metadata.get('zoo_name', lm.spec.name)}", total=len(mine))
+        name = str(lm.metadata.get("zoo_name") or (lm.path.name if lm.path is not None else lm.spec.name))
+        task = bar.add_task(f"x{s} {name}", total=len(mine))
         tiles = bar.add_task("tiles", total=1, visible=False)
 
         def tile_progress(done: int, total: int) -> None:
@@ -191,4 +192,4 @@ def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision,
         results = run_jobs(mine, upscaler, opts, alpha, max_pixels, on_done=lambda r: bar.advance(task), rank=env.rank)
     order = {job.input: i for i, job in enumerate(jobs)}
     gathered = sorted((r for part in gather_objects(results, env) for r in part), key=lambda r: order[Path(r.input)])
-    return (failed + gathered if env.is_main else results), s, backend
+    return (failed + gathered if env.is_main else results), s, backend, name
