@@ -27,8 +27,8 @@ from srkd_cli.training import TrainConfig, TrainingDiverged, train
 from srkd_cli.training.data import MARGIN, PatchSampler, degrade, data_fingerprint, load_hr_store, load_val_set
 from srkd_cli.training.losses import alpha_kd_loss, feature_kd_loss, pixel_loss
 from srkd_cli.training.recipes import AlphaKD, FeatureKD, WithFeatures, init_from_teacher, make_distill_recipe
-from srkd_cli.zoo import sha256_file
 from srkd_cli.training.trainer import Trainer, lr_at
+from srkd_cli.zoo import sha256_file
 
 TINY_SQUEEZE = dict(n_feats=8, squeeze=4, expand1x1=4)
 TINY_EDSR = dict(n_feats=8, modules_per_block=1)

@@ -582,10 +582,11 @@ class Trainer:
 
     def provenance(self) -> Dict[str, Any]:
         cfg = self.cfg
+        commands = self._commands()
         return {
             "srkd_version": __version__,
-            "command": cfg.command or shlex.join(sys.argv),
-            "commands": self._commands(),
+            "command": commands[-1],
+            "commands": commands,
             "data": [str(d) for d in cfg.data],
             "data_fingerprint": self.fingerprint,
             "train_images": len(self.store),
