@@ -21,6 +21,7 @@ from PIL import Image
 from srkd_cli.archs import build_model, get_arch
 from srkd_cli.checkpoint import load_checkpoint, save_checkpoint
 from srkd_cli.cli import main
+from srkd_cli.distributed import shutdown
 from srkd_cli.errors import ConfigError
 from srkd_cli.imaging.imresize import bicubic_downscale_uint8
 from srkd_cli.training import TrainConfig, TrainingDiverged, train
@@ -387,7 +388,7 @@ def _ddp_worker(rank: int, world: int, port: int, images: str, out: str) -> None
         torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.model.state_dict(),
                     "seed": trainer.sampler.generator.initial_seed()}, Path(out) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 def test_ddp_two_processes_keep_identical_weights(images, tmp_path):

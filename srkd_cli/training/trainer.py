@@ -779,9 +779,12 @@ def _distributed(env: DistEnv, device_name: str) -> Iterator[None]:
         created = True
     try:
         yield
-    finally:
+    except BaseException:
         if created:
-            shutdown()
+            shutdown(wait=False)
+        raise
+    if created:
+        shutdown()
 
 
 def train(cfg: TrainConfig) -> RunResult:
