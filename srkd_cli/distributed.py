@@ -53,14 +53,6 @@ def gather_objects(obj: Any, env: DistEnv) -> List[Any]:
     return out
 
 
-def shutdown(wait: bool = True) -> None:
-    """Leave the group, together unless `wait` is False: a rank that tears its connections down
-    while a peer is still working (rank 0 exporting) can make gloo abort that peer at exit.
-    A rank leaving on its own error must not wait: its peers may be inside another collective."""
+def shutdown() -> None:
     if dist.is_initialized():
-        if wait:
-            try:
-                dist.barrier()
-            except RuntimeError:  # a peer already gone: nothing left to wait for
-                pass
         dist.destroy_process_group()

@@ -381,17 +381,19 @@ def _ddp_worker(rank: int, world: int, port: int, images: str, out: str) -> None
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    code = 1
     try:
         trainer = Trainer(_cfg(Path(images), Path(out) / "run", steps=4, log_every=2, ckpt_every=2))
         trainer.run()
         torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.model.state_dict(),
                     "seed": trainer.sampler.generator.initial_seed()}, Path(out) / f"rank{rank}.pt")
         dist.barrier()
+        code = 0
     finally:
         # gloo's own teardown (destroy_process_group, or its threads at interpreter exit)
         # aborts a rank now and then (a bare two-rank DDP script: 3 of 63 runs, barrier or
         # not), so the worker leaves without it; the test reads what each rank saved.
-        os._exit(0)
+        os._exit(code)
 
 
 def test_ddp_two_processes_keep_identical_weights(images, tmp_path):

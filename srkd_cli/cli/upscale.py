@@ -126,14 +126,11 @@ def upscale(
                                      alpha, OutputOptions(output, suffix, fmt, quality, overwrite, png_compression), recursive,
                                      max_pixels, quiet, backend, threads)
     except SrkdError as e:
-        shutdown()  # every rank meets the same error, so they can leave together
         if env.is_main:
             raise
-        return e.exit_code  # rank 0 prints it once
-    except BaseException:
-        shutdown(wait=False)
-        raise
-    shutdown()
+        return e.exit_code  # every rank meets the same error; rank 0 prints it once
+    finally:
+        shutdown()
     if not env.is_main:
         # Rank 0 reports every file and sets the exit code; a non-zero code here would make
         # torchrun stop rank 0 while it is still printing the summary or writing --json.

@@ -779,12 +779,9 @@ def _distributed(env: DistEnv, device_name: str) -> Iterator[None]:
         created = True
     try:
         yield
-    except BaseException:
+    finally:
         if created:
-            shutdown(wait=False)
-        raise
-    if created:
-        shutdown()
+            shutdown()
 
 
 def train(cfg: TrainConfig) -> RunResult:
