@@ -468,3 +468,12 @@ def test_init_copies_matching_weights_across_scales(images, tmp_path):
     alien = save_checkpoint(tmp_path / "swin.safetensors", build_model("swinir", 2, **TINY_SWIN), "swinir", get_arch("swinir").config(**TINY_SWIN))
     with pytest.raises(ConfigError, match="no tensor matches"):
         train(_cfg(images, tmp_path / "bad", init=str(alien)))
+
+
+def test_step_rates_leave_out_the_first_step_of_an_invocation(images, tmp_path):
+    """Issue 22: after --resume the first steps_per_s included the restart; it is timed from step 2 of
+    each invocation now (fresh runs too), and the log says over how many steps."""
+    train(_cfg(images, tmp_path / "r", steps=8, log_every=4, ckpt_every=4, stop_after=4))
+    train(_cfg(images, tmp_path / "r", steps=8, log_every=4, ckpt_every=4, resume=True))
+    records = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["timed_steps"]) for r in records if r["event"] == "train"] == [(4, 3), (8, 3)]

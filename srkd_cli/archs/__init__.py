@@ -59,6 +59,8 @@ class ArchSpec:
     receptive_radius: Optional[Callable[[SRModel], int]] = None
     # Whether quantize.py has an int8 path for it.
     int8: bool = False
+    # Whether `--reparam` may train it over-parameterised (archs/reparam.py: plain convs only).
+    reparam: bool = False
 
     def config(self, **overrides: Any) -> Dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -200,6 +202,7 @@ ARCHS: Dict[str, ArchSpec] = {
             graph_form=fuse.for_graph_runtime,
             receptive_radius=fuse.receptive_radius,
             int8=True,
+            reparam=True,
         ),
         ArchSpec(
             name="swinir",

@@ -42,6 +42,7 @@ COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
 FP32 = typer.Option(False, "--fp32", help="Train in float32 on CUDA (default: bf16 autocast).")
 THREADS = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine) (default: torch's).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
+REPARAM = typer.Option(0, "--reparam", help="Train every conv over-parameterised (expansion width N, e.g. 64; collapsed every step and at export to the plain architecture; squeezesr) (0: off).")
 SET = typer.Option(None, "--set", help="Architecture option KEY=VALUE (e.g. embed_dim=48); repeatable.")
 
 
@@ -55,6 +56,7 @@ SHARED = [
     ("ckpt_every", int, CKPT_EVERY), ("val_every", int, VAL_EVERY), ("log_every", int, LOG_EVERY),
     ("stop_after", Optional[int], STOP_AFTER), ("time_limit", Optional[float], TIME_LIMIT), ("compile", bool, COMPILE),
     ("fp32", bool, FP32), ("threads", Optional[int], THREADS), ("quiet", bool, QUIET), ("init", Optional[str], INIT),
+    ("reparam", int, REPARAM),
 ]
 
 
@@ -98,7 +100,7 @@ def _common(**kw: Any) -> Dict[str, Any]:
         warmup=kw["warmup"], schedule=kw["schedule"], ema=kw["ema"], clip=kw["clip"], seed=kw["seed"],
         device=kw["device"], resume=kw["resume"], ckpt_every=kw["ckpt_every"], val_every=kw["val_every"],
         log_every=kw["log_every"], stop_after=kw["stop_after"], time_limit=kw["time_limit"],
-        compile=kw["compile"], amp=not kw["fp32"], threads=kw["threads"], quiet=kw["quiet"],
+        compile=kw["compile"], amp=not kw["fp32"], threads=kw["threads"], quiet=kw["quiet"], reparam=kw["reparam"],
     )
 
 

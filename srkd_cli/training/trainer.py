@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from .. import __version__
-from ..archs import SRModel, count_params, get_arch
+from ..archs import ARCHS, SRModel, count_params, get_arch, reparam
 from ..atomic import atomic_write
 from ..checkpoint import save_checkpoint
 from ..config import check_scale
@@ -101,6 +101,7 @@ class TrainConfig:
     feat_weight: float = 0.1
     out_weight: float = 0.0  # paper 1 recipe: weight of L1(student, teacher output)
     teacher_cache: str = "off"  # off, ram, or a folder (training/teacher_cache.py)
+    reparam: int = 0  # expansion width of training-time re-parameterisation (archs/reparam.py); 0: off
     command: Optional[str] = None  # recorded in provenance
 
 
@@ -207,6 +208,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--data: give at least one folder of training images")
     if cfg.init_from_teacher and not cfg.teacher:
         raise ConfigError("--init-from-teacher needs --teacher")
+    if cfg.reparam < 0:
+        raise ConfigError(f"--reparam {cfg.reparam}: the expansion width must be >= 1 (0 turns it off)")
 
 
 class Trainer:
@@ -285,9 +288,19 @@ class Trainer:
             from ..loader import load_model
             from ..zoo import sha256_file
 
-            start = load_model(cfg.init, device="cpu")
+            try:
+                start = load_model(cfg.init, device="cpu")
+            except SrkdError as e:  # name the option, as --teacher does
+                msg = str(e)
+                raise type(e)(f"--init {msg}" if msg.startswith(str(cfg.init)) else f"--init {cfg.init}: {msg}") from None
             self.warnings.append(init_from_weights(self.model, start.model, cfg.init))
             self.init_sha256 = sha256_file(start.path) if start.path is not None else None
+        if cfg.reparam:
+            if not self.spec.reparam:
+                raise ConfigError(f"--reparam: {self.spec.name} cannot be re-parameterised (srkd does it for "
+                                  f"{', '.join(n for n, s in ARCHS.items() if s.reparam)})")
+            # After --init, so the expanded model starts as the weights it was given.
+            reparam.expand(self.model, cfg.reparam)
         self.channels_last = self.spec.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -399,6 +412,7 @@ class Trainer:
             "arch": self.spec.name,
             "scale": self.cfg.scale,
             "model_config": self.model_config,
+            "reparam": self.cfg.reparam,
             "recipe": self.recipe.describe(),
             "commands": self._commands(),
             "init_sha256": self.init_sha256,
@@ -437,6 +451,9 @@ class Trainer:
         for key, mine in (("arch", self.spec.name), ("scale", self.cfg.scale), ("model_config", self.model_config)):
             if st.get(key) != mine:
                 raise ConfigError(f"--resume: {path} is a run of {key}={st.get(key)}, this command asks for {mine}")
+        if int(st.get("reparam", 0)) != self.cfg.reparam:
+            raise ConfigError(f"--resume: {path} was trained with --reparam {st.get('reparam', 0)}, "
+                              f"this command asks for --reparam {self.cfg.reparam}")
         if st.get("recipe", {}).get("recipe") != self.recipe.name:
             raise ConfigError(f"--resume: {path} was trained with recipe {st.get('recipe')}, not {self.recipe.name}")
         self.model.load_state_dict(st["model"])
@@ -572,7 +589,9 @@ class Trainer:
         return self.last_val
 
     def export_model(self) -> SRModel:
-        return self.ema.model if self.ema else self.model
+        """The weights validated and shipped: EMA (or raw), collapsed to the plain architecture under --reparam."""
+        model = self.ema.model if self.ema else self.model
+        return reparam.collapse(model) if self.cfg.reparam else model
 
     def _commands(self) -> List[str]:
         """Every command that trained this run, oldest first: a resumed run is reproduced by all of them."""
@@ -608,6 +627,7 @@ class Trainer:
             "init_sha256": self.init_sha256,
             "teacher_sha256": self.teacher_sha256,
             "teacher_cache": cfg.teacher_cache,
+            "reparam": reparam.describe(cfg.reparam) if cfg.reparam else None,
             **self.recipe.describe(),
         }
 
@@ -627,8 +647,11 @@ class Trainer:
             for w in self.warnings:
                 progress.message(f"warning: {w}")
             if self.is_main and self.step == 0:
+                n = count_params(self.export_model())
+                size = f"{n:,} parameters" + (f" ({count_params(self.model):,} while trained, --reparam {cfg.reparam})"
+                                             if cfg.reparam else "")
                 progress.message(
-                    f"{self.spec.name} x{cfg.scale}: {count_params(self.model):,} parameters, "
+                    f"{self.spec.name} x{cfg.scale}: {size}, "
                     f"{len(self.store)} training images, recipe {self.recipe.name}, device {self.device}"
                 )
             if self.teacher_cache is not None:
@@ -638,14 +661,19 @@ class Trainer:
                 self._train_step()
                 step = self.step
                 last = step == cfg.steps
+                if step == start_step + 1 and not (step % cfg.log_every == 0 or last):
+                    # The first step of an invocation pays for start-up (kernel set-up, first reads of the
+                    # data and the teacher cache): rates count from after it, fresh or resumed alike.
+                    mark_t, mark_step = time.perf_counter(), step
                 if step % cfg.log_every == 0 or last:
                     means = self._flush_losses()  # the one host sync of the interval
                     now = time.perf_counter()
                     rate = (step - mark_step) / max(1e-9, now - mark_t - paused)
+                    timed = step - mark_step
                     mark_t, mark_step, paused = now, step, 0.0
                     if means is not None:
                         record = {"event": "train", "step": step, **means, "lr": self.optimizer.param_groups[0]["lr"],
-                                  "steps_per_s": rate, "samples_per_s": rate * cfg.batch}
+                                  "steps_per_s": rate, "samples_per_s": rate * cfg.batch, "timed_steps": timed}
                         self._write(log, record)
                         progress.update(step, loss=means["loss"], rate=rate)
                     # Signals and limits are looked at here, so that all ranks stop at the same step.

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 21's fair ablation: every arm the same start, steps, schedule, seed and patch stream.
+#
+#   scripts/ablation.sh SCALE ARM [TIME_LIMIT_S]
+#
+# Runs (or resumes) runs/a{SCALE}-{ARM} through the stages below, each a `--resume` of the one
+# before with a larger --steps, exactly as the earlier p2/p3/p4 runs were made, so those runs are
+# arms too (p{S}-twin = plain, p{S}-kd-o = plain + IMDN output KD). Stopped by TIME_LIMIT_S (or
+# Ctrl-C), rerun the same line to continue. Teacher caches live in $TCACHE (default /work/tcache).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=${1:?scale}; ARM=${2:?arm}; LIMIT=${3:-}
+SRKD=${SRKD:-.venv/bin/srkd}
+TCACHE=${TCACHE:-/work/tcache}
+DATA=${DATA:-../shared/data/train}
+case $S in
+  2) C="--patch 48 --lr 2e-4 --init squeezesr-x2"; STAGES="4000 16000" ;;
+  3) C="--patch 40 --lr 5e-4 --init squeezesr-x3"; STAGES="4000 16000" ;;
+  4) C="--patch 32 --lr 2e-4 --init squeezesr-x4"; STAGES="6000 12000" ;;
+  *) echo "scale: 2, 3 or 4" >&2; exit 2 ;;
+esac
+C="--scale $S --data $DATA --val tests/data/Set5 --batch 16 $C --warmup 100 --val-every 1000 --ckpt-every 500 --log-every 100 --device cpu --seed 5 --threads 1"
+REP="--reparam 64"
+case $ARM in
+  twin)          CMD="train --arch squeezesr" ;;
+  rep-twin)      CMD="train --arch squeezesr $REP" ;;
+  imdn-o)        CMD="distill --teacher imdn-x$S --student squeezesr --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/imdn-x$S" ;;
+  rep-imdn-o)    CMD="distill --teacher imdn-x$S --student squeezesr $REP --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/imdn-x$S" ;;
+  bsrn-o)        CMD="distill --teacher bsrn-x$S --student squeezesr --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
+  rep-bsrn-o)    CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
+  rep-bsrn-fo)   CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0.1 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
+  *) echo "arm: twin rep-twin imdn-o rep-imdn-o bsrn-o rep-bsrn-o rep-bsrn-fo" >&2; exit 2 ;;
+esac
+OUT=runs/a$S-$ARM
+START=$(date +%s)
+for N in $STAGES; do
+  if [ -f "$OUT/state.pt" ] && python3 -c "import json,sys; l=[json.loads(x) for x in open('$OUT/log.jsonl') if x.strip()]; sys.exit(0 if any(r.get('event')=='val' and r['step']>=$N for r in l) else 1)" 2>/dev/null; then
+    continue  # this stage is done
+  fi
+  T=()
+  if [ -n "$LIMIT" ]; then
+    LEFT=$(( LIMIT - ($(date +%s) - START) ))
+    [ "$LEFT" -le 60 ] && exit 0
+    T=(--time-limit "$LEFT")
+  fi
+  # shellcheck disable=SC2086
+  $SRKD $CMD $C --steps "$N" --out "$OUT" --resume "${T[@]}"
+  python3 -c "import json,sys; l=[json.loads(x) for x in open('$OUT/log.jsonl') if x.strip()]; sys.exit(0 if any(r.get('event')=='val' and r['step']>=$N for r in l) else 1)" || exit 0
+done
