@@ -8,15 +8,18 @@ config, the scale and the provenance. Foreign files are canonicalised in one pla
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
 from .archs import ARCHS, ArchSpec, SRModel, detect_arch, get_arch
 from .atomic import atomic_write
-from .errors import CheckpointError, InputError
+from .config import SCALES, or_list
+from .errors import CheckpointError, InputError, SrkdError
 
 FORMAT_VERSION = "1"
 # Buffers some releases save although they are derived from the training img_size.
@@ -42,7 +45,11 @@ def canonical_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torc
             break
         obj = inner
     if not isinstance(obj, Mapping) or not _is_state_dict(obj):
-        raise CheckpointError(f"{source}: no state dict found (expected tensors, or 'params'/'params_ema')")
+        if isinstance(obj, Mapping):
+            found = f"keys {_few([str(k) for k in obj])}" if obj else "an empty dict"
+        else:
+            found = f"a {type(obj).__name__}"
+        raise CheckpointError(f"{source}: no state dict found (expected tensors, or 'params'/'params_ema'; found {found})")
     sd = {}
     for k, v in obj.items():
         while k.startswith("module."):
@@ -77,10 +84,74 @@ def _read_raw(path: Path):
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), {}
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise around the one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), {}
     except Exception as e:  # torch.load raises many kinds on a file that is not a checkpoint
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a checkpoint srkd can read ({first[:160]})") from None
+        raise CheckpointError(f"{path}: {_why_unreadable(e)}") from None
+
+
+def _why_unreadable(e: Exception) -> str:
+    """One short line for a torch.load failure; torch's own message is a multi-line essay."""
+    text = str(e)
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    if code:  # weights-only mode stopped a pickle that would import or call something
+        # (other "Weights only load failed" errors are mostly files that are no pickle at all)
+        return f"refused to unpickle: it calls {code.group(1)}, and srkd loads only tensors"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = next((ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the doc"))), "")
+        detail = detail.replace("WeightsUnpickler error:", "").strip() or "unsupported content"
+        return f"not a checkpoint srkd can read (weights-only unpickling failed: {_clip(detail)})"
+    return f"not a checkpoint srkd can read ({_clip(lines[0]) if lines else type(e).__name__})"
+
+
+def _clip(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n - 3].rstrip() + "..."
+
+
+def _few(keys: List[str], n: int = 3) -> str:
+    """'a, b, c and 4 more': the first few names, then a count."""
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(map(str, t.shape)) + "]"
+
+
+def _misfit(model: SRModel, sd: Mapping[str, torch.Tensor]) -> List[str]:
+    """What keeps `sd` from loading into `model`: tensors of another shape, missing and unexpected keys."""
+    want = model.state_dict()
+    shapes = [k for k in want if k in sd and sd[k].shape != want[k].shape]  # the model's order: weight before bias
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    problems = []
+    if shapes:
+        k = shapes[0]
+        more = f" (and {_n(len(shapes) - 1, 'more tensor')} of another shape)" if len(shapes) > 1 else ""
+        problems.append(f"{k} has shape {_shape(sd[k])}, the model needs {_shape(want[k])}{more}")
+    if missing:
+        problems.append(f"{_n(len(missing), 'missing key')}: {_few(missing)}")
+    if extra:
+        problems.append(f"{_n(len(extra), 'unexpected key')}: {_few(extra)}")
+    return problems
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _build(path: Path, spec: ArchSpec, scale: int, config: Dict[str, Any]) -> SRModel:
+    """The model a file describes; a description that cannot be built is the file's fault."""
+    try:
+        return spec.build(scale, **config)
+    except CheckpointError:
+        raise
+    except SrkdError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        cfg = ", ".join(f"{k}={v}" for k, v in config.items())
+        raise CheckpointError(f"{path}: describes a {spec.name} x{scale} ({cfg}) that cannot be built ({e})") from None
 
 
 def load_checkpoint(
@@ -92,36 +163,52 @@ def load_checkpoint(
     sd = canonical_state_dict(raw, str(path))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     if meta.get("arch"):
-        spec = get_arch(meta["arch"])
         try:
+            spec = get_arch(meta["arch"])
             config = spec.config(**json.loads(meta.get("config", "{}")))
             file_scale = int(meta["scale"])
+        except SrkdError as e:  # e.g. an architecture a newer srkd wrote
+            raise CheckpointError(f"{path}: srkd metadata: {e}") from None
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: broken srkd metadata ({e})") from None
     else:
-        found = detect_arch(sd)
+        try:
+            found = detect_arch(sd)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
         if found is None:
-            sample = ", ".join(list(sd)[:3])
-            raise CheckpointError(f"{path}: unknown architecture (keys like {sample}); srkd knows {', '.join(ARCHS)}")
+            sample = ", ".join(f"{k} {_shape(v)}" for k, v in list(sd.items())[:3])
+            raise CheckpointError(f"{path}: unknown architecture: {len(sd)} tensors such as {sample}; "
+                                  f"srkd knows {', '.join(ARCHS)}")
         spec, config, file_scale = found
     if spec.canonicalize is not None:
         try:
             sd = spec.canonicalize(sd, scale if file_scale is None else file_scale)
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
-        if file_scale is None:
-            file_scale = scale
+    if file_scale is None and scale is None:
+        # The tensor that tells the scale is missing or odd: the scale it fits, else what does not fit.
+        misfits = {s: _misfit(_build(path, spec, s, config), sd) for s in SCALES}
+        fitting = [s for s in SCALES if not misfits[s]]
+        if len(fitting) != 1:
+            best = min(SCALES, key=lambda s: len(misfits[s]))
+            if not misfits[best]:
+                raise CheckpointError(f"{path}: fits {spec.name} {or_list([f'x{s}' for s in fitting])}: give --scale")
+            same = all(m == misfits[best] for m in misfits.values())  # e.g. keys every scale needs are missing
+            where = "" if same else f" at any scale (closest x{best})"
+            raise CheckpointError(f"{path}: does not fit {spec.name}{where}: {'; '.join(misfits[best])}")
+        file_scale = fitting[0]
+    file_scale = scale if file_scale is None else file_scale
+    if file_scale not in SCALES:
+        raise CheckpointError(f"{path}: this {spec.name} checkpoint upscales x{file_scale}; "
+                              f"srkd runs {or_list([f'x{s}' for s in SCALES])}")
     if scale is not None and scale != file_scale:
         raise CheckpointError(f"{path}: this {spec.name} checkpoint upscales x{file_scale}, not x{scale}")
-    model = spec.build(file_scale, **config)
-    result = model.load_state_dict(sd, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3])})")
-    if result.unexpected_keys:
-        problems.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(result.unexpected_keys[:3])})")
+    model = _build(path, spec, file_scale, config)
+    problems = _misfit(model, sd)
     if problems:
-        raise CheckpointError(f"{path}: does not match {spec.name} x{file_scale}: {'; '.join(problems)}")
+        raise CheckpointError(f"{path}: does not fit {spec.name} x{file_scale}: {'; '.join(problems)}")
+    model.load_state_dict(sd, strict=False)  # _misfit found nothing missing, extra or of another shape
     model.eval().to(device)
     metadata = {k: v for k, v in meta.items() if k not in ("arch", "config", "scale")}
     return LoadedModel(model, spec, config, file_scale, metadata, path)

@@ -53,16 +53,57 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on `device` now (CPU: the kernel's MemAvailable)."""
+    """Bytes free for new tensors on `device` now (CPU: the kernel's MemAvailable, or less
+    where this process's own limits leave less room)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return info.get("MemAvailable", info.get("MemFree", 4 << 30))
+        free = info.get("MemAvailable", info.get("MemFree", 4 << 30))
     except (OSError, ValueError, IndexError):
-        return 4 << 30
+        free = 4 << 30
+    return min(free, _room_under_limits())
+
+
+def _room_under_limits() -> int:
+    """Room left under limits MemAvailable does not show: an address-space limit (`ulimit -v`)
+    and the memory limit of this process's cgroup (a container's), where an allocation that
+    does not fit fails or summons the OOM killer however much the machine has free."""
+    room = 1 << 62
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            room = min(room, soft - vm)
+    except (ImportError, OSError, ValueError, StopIteration):
+        pass
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        for _, controllers, rel in lines:
+            if controllers == "":  # cgroup v2
+                base, limit, usage = "/sys/fs/cgroup", "memory.max", "memory.current"
+            elif "memory" in controllers.split(","):  # cgroup v1
+                base, limit, usage = "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+            else:
+                continue
+            folder = base + rel.rstrip("/")
+            try:
+                with open(f"{folder}/{limit}") as f:
+                    text = f.read().strip()
+                if text != "max" and int(text) < 1 << 60:  # v1 writes "no limit" as ~2^63
+                    with open(f"{folder}/{usage}") as f:
+                        room = min(room, int(text) - int(f.read()))
+            except (OSError, ValueError):
+                pass
+    except (OSError, ValueError):
+        pass
+    return max(0, room)
 
 
 def bytes_per_input_pixel(spec: ArchSpec, config: dict, scale: int) -> int:
@@ -200,8 +241,11 @@ class Upscaler:
         if tile not in (None, "auto", 0):
             asked, tile = int(tile), int(tile) // self.multiple * self.multiple
             if tile < max(MIN_TILE, self.multiple) or tile <= 2 * self.overlap:
-                raise ConfigError(f"--tile {asked}: too small (at least {max(MIN_TILE, self.multiple)}, a multiple "
-                                  f"of {self.multiple}, and more than twice --tile-overlap {self.overlap})")
+                m = self.multiple
+                least = -(-max(MIN_TILE, m, 2 * self.overlap + 1) // m) * m
+                grid = f", a multiple of {m} for {spec.name}'s windows" if m > 1 else ""
+                raise ConfigError(f"--tile {asked}: too small; the smallest tile here is {least} (at least {MIN_TILE}, "
+                                  f"more than twice --tile-overlap {self.overlap}{grid}); or lower --tile-overlap")
         self.tile = tile or None
         self.half_failed = False  # set once reduced precision gave inf/NaN: fp32 from then on
         self.bf16_checked = False
@@ -257,6 +301,17 @@ class Upscaler:
         edge = int(math.sqrt(room / per)) - self.multiple
         edge = min(cap, edge) // self.multiple * self.multiple
         return max(self._min_tile(), edge)
+
+    def check_room(self, h: int, w: int, channels: int = 3) -> None:
+        """Refuse an (h, w) input whose float input and x`scale` output cannot fit in the host
+        memory free now. Made from the file's header, before decoding: decoding a large image
+        costs gigabytes by itself."""
+        s = self.scale
+        need = 4 * channels * h * w * (1 + s * s)
+        free = available_memory(torch.device("cpu"))
+        if need > free:
+            raise InputError(f"not enough memory for the x{s} output ({w * s}x{h * s} needs {_gb(need)} "
+                             f"with the input, {_gb(free)} free); refused before decoding")
 
     def memory_budget(self, fixed: int = 0) -> float:
         """Bytes auto tiling may give to activations on the device: a share of what is free now

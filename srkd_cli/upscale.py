@@ -7,39 +7,61 @@ work so that an input is never overwritten and two inputs never write the same f
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+import numpy as np
 import torch
+from PIL import Image as PILImage
 
 from .errors import ConfigError, InputError, OutputError, SrkdError
 from .imaging.imresize import imresize
-from .imaging.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PNG_COMPRESSION, Image, find_images, read_image, write_image
+from .imaging.io import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PNG_COMPRESSION, Image, encode_image, find_images,
+                         image_decodes, list_images, probe_image, read_image, write_image)
 from .inference import Upscaler
 
 FORMAT_SUFFIX = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif", "bmp": ".bmp"}
 SUFFIX_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tif", ".tiff": "tif", ".bmp": "bmp"}
 ALPHA_MODES = ("model", "bicubic")
 WEBP_MAX_SIDE = 16383  # the WebP format cannot hold a longer side
+STDOUT = Path("-")  # `-o -`: the one output goes to stdout
+# Formats srkd cannot write, named in the refusal of `-o out.gif` (which would otherwise be a folder).
+OTHER_IMAGE_FORMATS = {".gif": "GIF", ".avif": "AVIF", ".heic": "HEIC", ".heif": "HEIF", ".jxl": "JPEG XL",
+                       ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".ico": "ICO", ".tga": "TGA", ".psd": "PSD",
+                       ".exr": "OpenEXR", ".hdr": "Radiance HDR", ".ppm": "PPM", ".pgm": "PGM", ".pbm": "PBM",
+                       ".pnm": "PNM", ".svg": "SVG", ".dds": "DDS", ".qoi": "QOI", ".apng": "APNG"}
+# Characters no file name may hold on some common file system (Windows forbids <>:"|?* and \).
+_NOT_IN_NAMES = frozenset('/\\<>:"|?*') | frozenset(chr(i) for i in range(32))
+# What srkd's default suffix looks like (`_x4`, `_x3.5`): the mark of an earlier run's output.
+_SCALE_SUFFIX = re.compile(r"_x\d+(?:\.\d+)?$")
 
 
 @dataclass
 class OutputOptions:
-    output: Optional[Path] = None  # a file (one input) or a folder; None: beside each input
+    output: Union[str, Path, None] = None  # a file (one input), a folder, or "-" (stdout); None: beside each input
     suffix: Optional[str] = None  # None: "_x{scale}"
     format: Optional[str] = None  # None: the input's own format (or the -o file's suffix)
     quality: int = 95
     overwrite: bool = False
     png_compression: int = PNG_COMPRESSION  # zlib level 0-9
+    skip_existing: bool = False  # an output that exists and decodes is done: its input is skipped
+    outscale: Optional[float] = None  # a final scale below the model's (Real-ESRGAN's -s 3.5): resampled down to it
 
 
 @dataclass
 class Job:
     input: Path
     output: Path
+    name: Optional[str] = None  # what messages call the input when not its path ("-" for stdin)
+
+    @property
+    def shown(self) -> str:
+        return self.name or str(self.input)
 
 
 @dataclass
@@ -52,28 +74,102 @@ class FileResult:
     seconds: float = 0.0
     error: Optional[str] = None
     rank: int = 0  # the torchrun rank that did it
+    skipped: bool = False  # --skip-existing: the output was already there
 
     def to_dict(self) -> Dict:
         return asdict(self)
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool) -> Tuple[List[Tuple[Path, Path]], List[FileResult]]:
-    """(file, its path relative to the folder it was found in) for files, folders and globs,
-    and a failed result for each argument that names no usable image (the others still run)."""
+@dataclass
+class Inputs:
+    """What the input arguments name."""
+
+    files: List[Tuple[Path, Path]] = field(default_factory=list)  # (file, its path under the folder it was found in)
+    failed: List[FileResult] = field(default_factory=list)  # named files that cannot be used
+    unmatched: List[str] = field(default_factory=list)  # patterns and folders with no image: errors, no image to count
+    earlier_outputs: List[Path] = field(default_factory=list)  # srkd's own outputs found in folders and globs, left out
+
+
+def collect_inputs(inputs: Sequence[str], recursive: bool, suffix: Optional[str] = None) -> Inputs:
+    """The files named by files, folders and globs; a failed result for each named file that is
+    not a usable image, and a message for each pattern or folder that gives no image.
+
+    Folders and globs leave out the outputs of earlier runs: a file whose name is that of an
+    image beside it plus srkd's suffix (`a_x2.png` beside `a.png`, or `--suffix`), so that a
+    second run over a folder does not upscale the first run's outputs. A file named as such is
+    always taken.
+    """
+    got = Inputs()
     found: Dict[Path, Tuple[Path, Path]] = {}
-    failed: List[FileResult] = []
+    stems: Dict[Path, Set[str]] = {}
     for arg in inputs:
         p = Path(arg).expanduser()
+        pattern = not p.exists() and any(c in arg for c in "*?[")
         try:
             images = find_images([p if p.exists() else arg], recursive=recursive)
         except InputError as e:
-            failed.append(FileResult(str(arg), None, False, error=str(e)))
+            if pattern or p.is_dir():
+                hint = " (`**` descends into sub-folders only with -r/--recursive)" if "**" in arg and not recursive else ""
+                got.unmatched.append(f"{e}{hint}")
+            else:
+                got.failed.append(FileResult(str(arg), None, False, error=str(e)))
             continue
         for f in images:
+            if (pattern or p.is_dir()) and _earlier_output(f, suffix, stems):
+                got.earlier_outputs.append(f)
+                continue
             found.setdefault(f.resolve(), (f, f.relative_to(p) if p.is_dir() else Path(f.name)))
-    if not found and not failed:
-        raise InputError(f"no images found in {' '.join(inputs)}")
-    return list(found.values()), failed
+    got.files = list(found.values())
+    if not got.files and not got.failed:
+        if len(got.unmatched) == 1 and not got.earlier_outputs:
+            raise InputError(got.unmatched[0])
+        left = f" ({len(got.earlier_outputs)} earlier srkd output(s) left out: name them to upscale them)" if got.earlier_outputs else ""
+        raise InputError(f"no images found in {' '.join(inputs)}{left}")
+    return got
+
+
+def _earlier_output(f: Path, suffix: Optional[str], stems: Dict[Path, Set[str]]) -> bool:
+    """`f` is an image beside it with srkd's default suffix (or `suffix`) added to its name."""
+    bases = []
+    m = _SCALE_SUFFIX.search(f.stem)
+    if m and m.start() > 0:
+        bases.append(f.stem[:m.start()])
+    if suffix and len(f.stem) > len(suffix) and f.stem.endswith(suffix):
+        bases.append(f.stem[:-len(suffix)])
+    if not bases:
+        return False
+    if f.parent not in stems:
+        stems[f.parent] = {q.stem for q in list_images(f.parent)}
+    return any(b in stems[f.parent] for b in bases)
+
+
+def check_suffix(suffix: Optional[str]) -> None:
+    """--suffix must stay inside the file's name: `/../../evil` would write elsewhere."""
+    if suffix and (".." in suffix or any(c in _NOT_IN_NAMES for c in suffix)):
+        raise ConfigError(f"--suffix {suffix!r}: must be part of a file name (no path separator, no '..', "
+                          'none of <>:"|?* or control characters)')
+
+
+def output_kind(output: Union[str, Path, None]) -> str:
+    """'beside', 'stdout', 'file' or 'folder' for -o; a name that looks like a file srkd cannot
+    write (`out.gif`, `out.xyz`) is refused rather than made a folder."""
+    if output is None:
+        return "beside"
+    text = os.fspath(output)
+    if text == "-":
+        return "stdout"
+    p = Path(text).expanduser()
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        return "folder"
+    suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "file"
+    if re.fullmatch(r"\.[a-z][a-z0-9]{0,4}", suffix):
+        what = f"srkd cannot write {OTHER_IMAGE_FORMATS[suffix]} images" if suffix in OTHER_IMAGE_FORMATS \
+            else f"{p.suffix} is not an image format srkd writes"
+        raise ConfigError(f"-o {text}: {what} (.png, .jpg, .webp, .tif or .bmp); "
+                          f"for a folder of that name, end it with '/' or create it first")
+    return "folder"
 
 
 def _suffix_for(fmt: Optional[str], fallback: str) -> str:
@@ -85,26 +181,36 @@ def _suffix_for(fmt: Optional[str], fallback: str) -> str:
     return FORMAT_SUFFIX[key]
 
 
-def plan_jobs(files: List[Tuple[Path, Path]], opts: OutputOptions, scale: int) -> Tuple[List[Job], List[FileResult]]:
-    """Where each input's output goes; conflicts become failed results, never silent overwrites.
+def plan_jobs(files: List[Tuple[Path, Path]], opts: OutputOptions, scale: Union[int, float]
+              ) -> Tuple[List[Job], List[FileResult], List[FileResult]]:
+    """(jobs, failed, skipped): where each input's output goes; conflicts become failed results,
+    never silent overwrites; with `skip_existing`, an output that exists and decodes is skipped.
 
     `-o` with an image suffix (and not an existing folder) names the output file of a single
-    input; otherwise it is a folder, and folder inputs keep their sub-folder structure in it.
+    input; `-o -` sends it to stdout; otherwise it is a folder, and folder inputs keep their
+    sub-folder structure in it. `scale` is the final scale, which names the default suffix.
     """
-    out = opts.output
-    names_file = out is not None and not out.is_dir() and out.suffix.lower() in IMAGE_SUFFIXES
+    kind = output_kind(opts.output)
+    out = None if kind in ("beside", "stdout") else Path(opts.output).expanduser()
+    check_suffix(opts.suffix)
     if opts.format:
         _suffix_for(opts.format, ".png")  # validates it
-    if names_file:
+    if kind == "stdout":
+        if not opts.format:
+            raise ConfigError("-o -: give --format (png, jpg, webp, tif or bmp); stdout has no name to take it from")
+        if len(files) != 1:
+            raise ConfigError(f"-o -: writes one image to stdout, but there are {len(files)} inputs")
+        return [Job(files[0][0], STDOUT)], [], []
+    if kind == "file":
         if len(files) > 1:
             raise ConfigError(f"-o {out}: names one file, but there are {len(files)} inputs (give a folder)")
         if opts.format and SUFFIX_FORMAT[out.suffix.lower()] != SUFFIX_FORMAT[_suffix_for(opts.format, "")]:
             raise ConfigError(f"-o {out} and --format {opts.format} disagree (drop one or make them match)")
-    suffix = f"_x{scale}" if opts.suffix is None else opts.suffix
-    jobs, failed, taken = [], [], {}
+    suffix = f"_x{scale:g}" if opts.suffix is None else opts.suffix
+    jobs, failed, skipped, taken = [], [], [], {}
     inputs = {f.resolve() for f, _ in files}
     for f, rel in files:
-        if names_file:
+        if kind == "file":
             target = out
         else:
             ext = _suffix_for(opts.format, f.suffix)
@@ -117,12 +223,16 @@ def plan_jobs(files: List[Tuple[Path, Path]], opts: OutputOptions, scale: int) -
             failed.append(FileResult(str(f), str(target), False, error=f"{target}: also the output of {taken[key]}"))
         elif target.is_dir():
             failed.append(FileResult(str(f), str(target), False, error=f"{target}: is a folder"))
+        elif target.exists() and opts.skip_existing and image_decodes(target):
+            skipped.append(FileResult(str(f), str(target), True, skipped=True))
         elif target.exists() and not opts.overwrite:
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: already exists (use --overwrite)"))
+            why = ("exists but does not decode (use --overwrite to replace it)" if opts.skip_existing
+                   else "already exists (use --skip-existing to keep it, --overwrite to replace it)")
+            failed.append(FileResult(str(f), str(target), False, error=f"{target}: {why}"))
         else:
             taken[key] = f
             jobs.append(Job(f, target))
-    return jobs, failed
+    return jobs, failed, skipped
 
 
 def upscale_image(upscaler: Upscaler, img: Image, alpha_mode: str = "model") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -145,26 +255,70 @@ def upscale_image(upscaler: Upscaler, img: Image, alpha_mode: str = "model") -> 
     return rgb.cpu(), None if alpha is None else alpha.cpu()
 
 
-def _output_format(job: Job, opts: OutputOptions) -> str:
+def output_format(job: Job, opts: OutputOptions) -> str:
+    """The format key (png, jpg, ...) a job's output is written in."""
     return SUFFIX_FORMAT.get(job.output.suffix.lower(), "png") if opts.format is None else SUFFIX_FORMAT[_suffix_for(opts.format, "")]
 
 
-def _one(job: Job, upscaler: Upscaler, opts: OutputOptions, alpha_mode: str, max_pixels: int, res: FileResult) -> None:
+def resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(1, C, H, W) in [0, 1] -> (1, C, height, width) with Pillow's Lanczos (antialiased when
+    shrinking), one plane at a time: Real-ESRGAN's non-integer --outscale, done the same way."""
+    planes = []
+    for plane in x[0]:
+        im = PILImage.fromarray(plane.numpy(), "F").resize((width, height), PILImage.Resampling.LANCZOS)
+        planes.append(torch.from_numpy(np.asarray(im, dtype=np.float32).copy()))
+    return torch.stack(planes)[None].clamp_(0, 1)  # Lanczos rings a little past the range
+
+
+def final_size(width: int, height: int, scale: int, outscale: Optional[float]) -> Tuple[int, int]:
+    """(width, height) of the output; a non-integer scale rounds down, as Real-ESRGAN does."""
+    if outscale is None:
+        return width * scale, height * scale
+    return max(1, int(width * outscale)), max(1, int(height * outscale))
+
+
+def _one(job: Job, upscaler: Upscaler, opts: OutputOptions, alpha_mode: str, max_pixels: int, res: FileResult,
+         on_write: Optional[Callable[[Job, int], None]] = None) -> None:
+    head = probe_image(job.input, max_pixels)
+    s = upscaler.scale
+    out_w, out_h = final_size(head.width, head.height, s, opts.outscale)
+    if output_format(job, opts) == "webp" and max(out_w, out_h) > WEBP_MAX_SIDE:
+        raise OutputError(f"{job.output}: WebP holds at most {WEBP_MAX_SIDE} pixels a side, the x{opts.outscale or s:g} "
+                          f"output is {out_w}x{out_h} (use --format png)")
+    upscaler.check_room(head.height, head.width, head.channels)  # from the header: nothing decoded yet
+    if head.frames > 1:
+        what = "pages" if head.format == "TIFF" else "frames"
+        upscaler.warn(f"{job.shown}: {head.frames} {what}; only the first is upscaled ({what} 2-{head.frames} are dropped)")
     img = read_image(job.input, max_pixels=max_pixels)
     w, h = img.size
-    s = upscaler.scale
     res.size_in = (w, h)
-    if _output_format(job, opts) == "webp" and max(w, h) * s > WEBP_MAX_SIDE:
-        raise OutputError(f"{job.output}: WebP holds at most {WEBP_MAX_SIDE} pixels a side, the x{s} output "
-                          f"is {w * s}x{h * s} (use --format png)")
     rgb, alpha = upscale_image(upscaler, img, alpha_mode)
     img.rgb = img.alpha = None  # the input's pixels are not needed for writing: free them early
-    write_image(
-        job.output, rgb, alpha, bit_depth=img.bit_depth, icc_profile=img.icc_profile, exif=img.exif,
-        format=opts.format, quality=opts.quality, overwrite=opts.overwrite, png_compression=opts.png_compression,
-    )
+    if opts.outscale is not None:
+        out_w, out_h = final_size(w, h, s, opts.outscale)  # w, h after EXIF orientation
+        rgb = resample(rgb, out_h, out_w)
+        alpha = None if alpha is None else resample(alpha, out_h, out_w)
+    if on_write:
+        on_write(job, rgb.shape[2] * rgb.shape[3])
+    meta = dict(bit_depth=img.bit_depth, icc_profile=img.icc_profile, exif=img.exif, quality=opts.quality,
+                png_compression=opts.png_compression)
+    if job.output == STDOUT:
+        _to_stdout(encode_image(rgb, alpha, format=opts.format, **meta))
+    else:
+        write_image(job.output, rgb, alpha, format=opts.format, overwrite=opts.overwrite, **meta)
     res.size_out = (rgb.shape[3], rgb.shape[2])
     res.ok = True
+
+
+def _to_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    try:
+        out.write(data)
+        out.flush()
+    except BrokenPipeError:
+        # The reader left: keep Python's exit-time flush from failing on the closed pipe too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError("-: cannot write to stdout (the reading end of the pipe closed)") from None
 
 
 def run_jobs(
@@ -175,24 +329,27 @@ def run_jobs(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_done: Optional[Callable[[FileResult], None]] = None,
     rank: int = 0,
+    on_write: Optional[Callable[[Job, int], None]] = None,
 ) -> List[FileResult]:
-    """Upscale each job's file; a failure is recorded with one line and the batch goes on."""
+    """Upscale each job's file; a failure is recorded with one line and the batch goes on.
+    `on_write(job, output pixels)` is called when the encoding and writing stage begins."""
     results = []
     for job in jobs:
         t0 = time.perf_counter()
-        res = FileResult(str(job.input), str(job.output), False, rank=rank)
+        shown = job.shown
+        res = FileResult(shown, str(job.output), False, rank=rank)
         try:
-            _one(job, upscaler, opts, alpha_mode, max_pixels, res)
+            _one(job, upscaler, opts, alpha_mode, max_pixels, res, on_write)
         except SrkdError as e:
-            msg = str(e)
-            res.error = msg if msg.startswith(str(job.input)) or msg.startswith(str(job.output)) else f"{job.input}: {msg}"
+            msg = str(e).replace(str(job.input), shown)
+            res.error = msg if msg.startswith(shown) or msg.startswith(str(job.output)) else f"{shown}: {msg}"
         except MemoryError:
-            res.error = f"{job.input}: out of memory (try a smaller --tile)"
+            res.error = f"{shown}: out of memory (try a smaller --tile)"
         except Exception as e:  # a bug, not the file's fault; the batch still goes on
             if os.environ.get("SRKD_DEBUG"):
                 traceback.print_exc()
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            res.error = f"{job.input}: internal error: {type(e).__name__}: {first} (set SRKD_DEBUG=1 for the traceback)"
+            res.error = f"{shown}: internal error: {type(e).__name__}: {first} (set SRKD_DEBUG=1 for the traceback)"
         res.seconds = round(time.perf_counter() - t0, 4)
         results.append(res)
         if on_done:

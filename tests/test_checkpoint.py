@@ -113,8 +113,8 @@ def _bad_files(tmp_path, official):
         empty: "not a checkpoint",
         nodict: "no state dict",
         alien: "unknown architecture",
-        missing: "missing keys",
-        extra: "unexpected keys",
+        missing: "1 missing key: norm.weight",
+        extra: "1 unexpected key: layers.0.extra.weight",
         badst: "safetensors",
     }
 

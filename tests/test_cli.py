@@ -89,3 +89,10 @@ def test_train_set_and_bench_model_options_parse_values_alike():
             parse_setting(bad)
         with pytest.raises(ConfigError, match="KEY=VALUE"):
             _parse_sets([bad])
+
+
+def test_debug_is_in_every_commands_help(run_cli):
+    """`--debug` works after any command (main takes it out of the arguments): --help says so."""
+    for name in ("upscale", "eval", "train", "distill", "models", "bench", "export"):
+        code, out, _ = run_cli(name, "--help")
+        assert code == 0 and "--debug" in out and "traceback" in out, name

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -794,3 +797,233 @@ def test_auto_backend_picks_the_fastest_that_computes_the_same(run_cli, tmp_path
     code, out, err = run_cli("upscale", src, "-o", tmp_path / "auto.png", "--scale", "2", "--device", "cpu")
     assert code == 0, err
     assert f"({'onnxruntime' if have_ort else 'torch-opt'})" in out
+
+
+# ---------------------------------------------------------------- 9. hardening (issue 22)
+
+
+def _srkd_env(tmp_path: Path, **extra: str) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), SRKD_HOME=str(tmp_path / "home"), **extra)
+
+
+def _srkd_cmd(*args) -> list:
+    return [sys.executable, "-m", "srkd_cli", "upscale", *map(str, args)]
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until cond() holds (every 2 ms: a temporary file lives for a fraction of a second)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_mid_write_clean_up_and_exit_128_plus_the_signal(tmp_path, weights, sig):
+    """A 2000x2000 output is being deflated (level 9: seconds) into its temporary file when the
+    signal comes; the write stage shows on a terminal before it."""
+    PILImage.fromarray(smooth(1000, 1000)).save(tmp_path / "k.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_srkd_cmd(tmp_path / "k.png", "-w", weights, "-o", out, "--png-compression", "9"),
+                            env=_srkd_env(tmp_path, TTY_COMPATIBLE="1", COLUMNS="100"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: out.is_dir() and any(p.suffix == ".tmp" for p in out.iterdir()), proc)
+    time.sleep(0.5)  # the progress display refreshes 10 times a second
+    assert any(p.suffix == ".tmp" for p in out.iterdir()), "the write ended before the signal: make it longer"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert f"terminated by {signal.Signals(sig).name} after 0 of 1 images" in err and "Traceback" not in err
+    assert "writing k_x2.png" in err  # the stage after the tiles bar
+    assert list(out.iterdir()) == []  # no temporary file, no partial output
+
+
+def test_sigint_says_how_far_the_batch_got_and_skip_existing_finishes_it(tmp_path, run_cli, weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    names = [f"img{i}.png" for i in range(8)]
+    for name in names:
+        PILImage.fromarray(smooth(300, 300)).save(src / name)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_srkd_cmd(src, "-w", weights, "-o", out, "--png-compression", "9"), env=_srkd_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "img0_x2.png").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    done = int(re.search(r"interrupted after (\d+) of 8 images; rerun with --skip-existing to finish", err).group(1))
+    made = sorted(p.name for p in out.iterdir())
+    assert done <= len(made) < 8 and leftovers(out) == []
+    code, stdout, err = run_cli("upscale", src, "-w", weights, "-o", out, "--skip-existing", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    assert f"upscaled {8 - len(made)} of {8 - len(made)} image(s)" in stdout and f"{len(made)} skipped" in stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.replace(".png", "_x2.png") for n in names)
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert len(records) == 8 and sum(r["skipped"] for r in records) == len(made) and all(r["ok"] for r in records)
+    # a plain rerun refuses the outputs that are there, and names the way out
+    code, stdout, err = run_cli("upscale", src, "-w", weights, "-o", out)
+    assert code == 1 and "upscaled 0 of 8" in stdout and "already exists (use --skip-existing to keep it" in err
+    # an output that is there but does not decode is not "done"
+    (out / "img3_x2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, _, err = run_cli("upscale", src, "-w", weights, "-o", out, "--skip-existing")
+    assert code == 1 and "img3_x2.png: exists but does not decode" in assert_one_error(code, err)
+    code, stdout, err = run_cli("upscale", src, "-w", weights, "-o", out, "--skip-existing", "--overwrite")
+    assert code == 0 and "upscaled 1 of 1" in stdout and "7 skipped" in stdout, err
+
+
+def test_a_second_plain_run_leaves_the_first_runs_outputs_alone(tmp_path, run_cli, weights):
+    for name in ("a.png", "b.jpg"):
+        PILImage.fromarray(smooth(10, 12)).save(tmp_path / name)
+    code, _, err = run_cli("upscale", tmp_path, "-w", weights)
+    assert code == 0 and err == "", err  # no lone empty line on stderr either
+    for args in ([tmp_path], [str(tmp_path / "*.*")]):
+        code, out, err = run_cli("upscale", *args, "-w", weights)
+        assert "left out 2 earlier output(s) of srkd" in err and "a_x2.png" in err, err
+        assert code == 1 and "upscaled 0 of 2" in out and "--skip-existing" in err  # a.png and b.jpg are done
+        code, out, err = run_cli("upscale", *args, "-w", weights, "--skip-existing")
+        assert code == 0 and "2 skipped" in out, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_x2.png", "b.jpg", "b_x2.jpg"]
+    # named, an earlier output is upscaled like any file
+    code, _, err = run_cli("upscale", tmp_path / "a_x2.png", "-w", weights, "-q")
+    assert code == 0 and (tmp_path / "a_x2_x2.png").is_file(), err
+
+
+@pytest.mark.parametrize("suffix", ["/../../evil", "../evil", "_x2/sub", "a\\b", "a:b", "x\x01"])
+def test_a_suffix_must_stay_inside_the_file_name(tmp_path, run_cli, weights, suffix):
+    (tmp_path / "d1" / "d2").mkdir(parents=True)
+    PILImage.fromarray(smooth(8, 8)).save(tmp_path / "d1" / "d2" / "a.png")
+    code, _, err = run_cli("upscale", tmp_path / "d1" / "d2" / "a.png", "-w", weights, "--suffix", suffix)
+    assert code == 2 and "--suffix" in assert_one_error(code, err) and "part of a file name" in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["d1", "d1/d2", "d1/d2/a.png"]
+
+
+def test_stdin_to_stdout_in_a_pipeline(tmp_path, run_cli, weights):
+    rgb = smooth(14, 18)
+    PILImage.fromarray(rgb).save(tmp_path / "in.png")
+    cmd = " ".join(_srkd_cmd("-", "-o", "-", "--format", "png", "-w", weights))
+    run = subprocess.run(f"cat in.png | {cmd} > out.png", shell=True, cwd=tmp_path, env=_srkd_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "upscaled 1 of 1 image(s) x2" in run.stderr  # the summary stays off stdout
+    got = PILImage.open(tmp_path / "out.png")
+    assert got.format == "PNG" and np.abs(np.asarray(got, np.float64) - nearest(rgb, 2)).max() <= 1
+    for args, says in ((["-o", "-"], "give --format"), (["-o", "-", "--format", "png", "--json", "-"], "both want stdout"),
+                       (["-o", tmp_path / "dir"], "input -: give -o FILE or -o -")):
+        src = "-" if "input -" in says else tmp_path / "in.png"
+        code, out, err = run_cli("upscale", src, "-w", weights, *args)
+        assert code == 2 and says in assert_one_error(code, err) and out == "", (args, err)
+
+
+def test_an_output_named_like_an_image_srkd_cannot_write_is_refused(tmp_path, run_cli, weights):
+    PILImage.fromarray(smooth(8, 8)).save(tmp_path / "a.png")
+    for name, says in (("out.gif", "cannot write GIF"), ("out.xyz", ".xyz is not an image format srkd writes")):
+        code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "-o", tmp_path / name)
+        assert code == 2 and says in assert_one_error(code, err) and not (tmp_path / name).exists()
+    for folder in ("plain", "out.gif/"):  # no suffix, or a trailing slash: a folder
+        code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "-o", f"{tmp_path}/{folder}", "-q")
+        assert code == 0 and (tmp_path / folder.rstrip("/") / "a_x2.png").is_file(), err
+
+
+def _palette_png(path: Path, width: int, height: int) -> None:
+    """An RGB image (1-bit palette) of width x height: 1/24 of 8-bit RGB's bytes, so even
+    13000 x 13000 deflates in a tenth of a second, to 20 KB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 3, 0, 0, 0))
+                     + chunk(b"PLTE", bytes([30, 60, 90, 200, 100, 50])) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and ru_maxrss in KiB are Linux's")
+def test_memory_is_checked_from_the_header_before_decoding(tmp_path):
+    """13000 x 13000 at x4: the output alone needs 32 GB. Refused from the header, the run peaks
+    at the interpreter's own ~0.35 GB (6.1 GB when the check came after decoding). The address
+    space is limited to 8 GB so that a machine with 64 GB free refuses it too."""
+    import resource
+
+    _palette_png(tmp_path / "huge.png", 13000, 13000)
+    assert (tmp_path / "huge.png").stat().st_size < 100_000
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.Popen(_srkd_cmd(tmp_path / "huge.png", "--scale", "4", "-o", tmp_path / "big.png"),
+                            env=_srkd_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not that of earlier children
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read()
+    proc.stdout.close(), proc.stderr.close()
+    assert proc.returncode == 1 and "52000x52000" in err and "refused before decoding" in err, err
+    assert usage.ru_maxrss < 1_000_000, usage.ru_maxrss  # KiB: decoding alone would take 2.5 GB
+    assert not (tmp_path / "big.png").exists()
+
+
+def test_unknown_model_names_are_echoed_as_typed_with_close_names(tmp_path, run_cli, set5):
+    PILImage.fromarray(smooth(8, 8)).save(tmp_path / "a.png")
+    code, _, err = run_cli("upscale", tmp_path / "a.png", "--model", "swinir4-x5", "--scale", "2")
+    msg = assert_one_error(code, err)
+    assert "unknown model 'swinir4-x5';" in msg and "did you mean swinir4-x2" in msg and "x5-x2" not in msg
+    code, _, err = run_cli("eval", "--data", set5, "--model", "squeezesr-kd-x5", "--scale", "2")
+    msg = assert_one_error(code, err)
+    assert "unknown model 'squeezesr-kd-x5';" in msg and "did you mean squeezesr-kd-x2" in msg, msg
+    code, _, err = run_cli("upscale", tmp_path / "a.png", "-n", "RealESRGAN_x4plus")
+    assert "Real-ESRGAN's models are not in srkd's zoo" in assert_one_error(code, err)
+
+
+def test_small_things_tile_minimum_quality_pages_and_globs(tmp_path, run_cli, weights):
+    PILImage.fromarray(smooth(70, 70)).save(tmp_path / "a.png")
+    code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "--tile", "32")
+    assert code == 2 and "the smallest tile here is 65" in assert_one_error(code, err)
+    code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "--tile", "65", "-o", tmp_path / "t.png")
+    assert code == 0, err  # the minimum stated works
+    # --quality with PNG does nothing: say so; with JPEG it is used
+    code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "--quality", "80", "-o", tmp_path / "q.png")
+    assert code == 0 and "warning: --quality 80 does nothing for PNG output" in err
+    code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "--quality", "80", "-o", tmp_path / "q.jpg")
+    assert code == 0 and "warning" not in err
+    # a multi-page TIFF: only the first page is upscaled, and that is said
+    pages = [PILImage.fromarray(smooth(10, 12)) for _ in range(3)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    code, _, err = run_cli("upscale", tmp_path / "pages.tif", "-w", weights, "-o", tmp_path / "p.tif")
+    assert code == 0 and "pages.tif: 3 pages; only the first is upscaled (pages 2-3 are dropped)" in err
+    assert getattr(PILImage.open(tmp_path / "p.tif"), "n_frames", 1) == 1
+    # a pattern that matches nothing is no image: an error line, not a failed image
+    code, out, err = run_cli("upscale", tmp_path / "a.png", str(tmp_path / "none" / "*.png"), "-w", weights, "-o", tmp_path / "g")
+    assert code == 1 and "upscaled 1 of 1 image(s)" in out and "failed" not in out
+    assert "the pattern matches no images" in assert_one_error(code, err)
+    (tmp_path / "deep" / "er" / "est").mkdir(parents=True)
+    PILImage.fromarray(smooth(8, 8)).save(tmp_path / "deep" / "er" / "est" / "c.png")
+    code, out, err = run_cli("upscale", str(tmp_path / "deep" / "**" / "*.png"), "-w", weights, "-o", tmp_path / "g")
+    assert code == 2 and "only with -r/--recursive" in assert_one_error(code, err) and out == ""
+    code, out, err = run_cli("upscale", str(tmp_path / "deep" / "**" / "*.png"), "-r", "-w", weights, "-o", tmp_path / "g")
+    assert code == 0 and (tmp_path / "g" / "c_x2.png").is_file(), err
+
+
+def test_real_esrgan_spellings(tmp_path, run_cli, weights):
+    h, w = 20, 26
+    rgb, alpha = smooth(h, w), smooth(h, w, 1)[:, :, 0]
+    PILImage.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "a.png")
+    # -i, -t, --fp32, --ext, and -s 1.5: the x2 model, then Lanczos down to 1.5x (alpha too)
+    code, out, err = run_cli("upscale", "-i", tmp_path / "a.png", "-w", weights, "-t", "0", "--fp32", "--ext", "png",
+                             "-s", "1.5", "-o", tmp_path / "out")
+    assert code == 0 and "x1.5 with nearest_x2.safetensors" in out, err
+    got = PILImage.open(tmp_path / "out" / "a_x1.5.png")
+    assert got.size == (int(w * 1.5), int(h * 1.5)) and got.mode == "RGBA"
+    want = np.dstack([np.asarray(PILImage.fromarray(plane).resize(got.size, PILImage.Resampling.LANCZOS))
+                      for plane in (rgb, alpha)])  # colour and alpha each on their own, not premultiplied
+    diff = np.abs(np.asarray(got, np.float64) - want)
+    assert diff.mean() < 2 and diff.max() < 16, (diff.mean(), diff.max())  # nearest decimation: 7 and 48
+    # a family takes the next scale up; a file must reach the scale
+    code, out, err = run_cli("upscale", tmp_path / "a.png", "-n", "squeezesr-kd", "--outscale", "3.5", "-o", tmp_path / "b.png")
+    assert code == 0 and "x3.5 with squeezesr-kd-x4" in out, err
+    assert PILImage.open(tmp_path / "b.png").size == (int(w * 3.5), int(h * 3.5))
+    for args, says in ((["-s", "3.5"], "upscales x2, less than that"), (["-s", "4.5"], "between 1 and 4"),
+                       (["-s", "big"], "--scale big"), (["--fp32", "--precision", "bf16"], "disagree")):
+        code, _, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, *args, "-o", tmp_path / "x.png")
+        assert code == 2 and says in assert_one_error(code, err), (args, err)

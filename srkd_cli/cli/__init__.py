@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import SrkdError
+from ..runtime.signals import Terminated
 from .console import err_console
 
 try:  # newer Typer runs on a vendored copy of click, with its own exception classes
@@ -45,6 +46,27 @@ from . import bench as _bench  # noqa: E402,F401
 from . import export as _export  # noqa: E402,F401
 
 
+DEBUG_HELP = "Print the traceback of an internal error (also SRKD_DEBUG=1)."
+
+
+def _command() -> click.Command:
+    """The click command for `app`, with --debug listed in every subcommand's --help. `main`
+    takes --debug out of the arguments wherever it stands, so the option only shows there."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:  # pragma: no cover
+        pass
+
+    option = typer.main.get_command(probe).params[0]
+    option.expose_value = False
+    group = typer.main.get_command(app)
+    for sub in getattr(group, "commands", {}).values():
+        if not any(p.name == "debug" for p in sub.params):
+            sub.params.append(option)
+    return group
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI; return the exit code (used by the console script and by tests)."""
     debug = bool(os.environ.get("SRKD_DEBUG"))
@@ -53,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.remove("--debug")
         debug = True
     try:
-        rv = app(args=args, prog_name="srkd", standalone_mode=False)
+        rv = _command()(args=args, prog_name="srkd", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except _EXIT as e:
         return e.exit_code
@@ -70,9 +92,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except _CLICK as e:
         e.show()
         return e.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as e:  # SIGTERM/SIGHUP too where a command turned them into one (runtime.signals)
+        err_console.print(f"terminated by {e.name}" if isinstance(e, Terminated) else "interrupted")
+        return getattr(e, "exit_code", 130)
     except SrkdError as e:
         if debug:
             raise

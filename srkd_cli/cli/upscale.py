@@ -7,7 +7,11 @@ share of the files (round robin), and rank 0 gathers the results and prints the 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -17,16 +21,19 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..atomic import atomic_write
 from ..backends import backend_help, check_backend, pick_backend, prepare
 from ..checkpoint import LoadedModel
-from ..config import check_scale
+from ..config import SCALES, check_scale, or_list
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
-from ..errors import ConfigError, SrkdError
+from ..errors import ConfigError, ModelNotFoundError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
 from ..inference import PRECISIONS, TileSpec, Upscaler, pick_device
 from ..loader import load_model
 from ..runtime.allocator import tune_cpu_allocator
-from ..upscale import ALPHA_MODES, FileResult, Job, OutputOptions, collect_inputs, plan_jobs, run_jobs
+from ..runtime.signals import Terminated, as_interrupts
+from ..upscale import (ALPHA_MODES, FileResult, Inputs, Job, OutputOptions, check_suffix, collect_inputs, output_format,
+                       output_kind, plan_jobs, run_jobs)
 from . import app
 from .console import console, err_console
 
@@ -39,6 +46,25 @@ def parse_tile(tile: str):
         return int(tile)
     except ValueError:
         raise ConfigError(f"--tile {tile}: give a size in pixels, auto, or none") from None
+
+
+def parse_scale(text: Optional[str]) -> Tuple[Optional[int], Optional[float]]:
+    """--scale as typed -> (the model's scale, the final scale when that is not an integer).
+
+    A fraction (Real-ESRGAN's `-s 3.5`) takes the nearest model scale at or above it; the
+    output is then resampled down to it.
+    """
+    if text is None:
+        return None, None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--scale {text}: give {or_list(SCALES)}, or a fraction such as 3.5") from None
+    if value.is_integer():
+        return check_scale(int(value)), None
+    if not 1 < value < max(SCALES):
+        raise ConfigError(f"--scale {text}: a fractional scale must lie between 1 and {max(SCALES)}")
+    return max(min(SCALES), math.ceil(value)), value
 
 
 def _note(msg: str) -> None:
@@ -86,26 +112,47 @@ def _on_main(env: DistEnv, work: Callable[[], Any]) -> Any:
     return value
 
 
+# Outputs this large show a "writing" stage after the tiles bar: encoding a 16000x12000 PNG
+# took 26 s with nothing on the screen.
+WRITE_STAGE_PIXELS = 4_000_000
+
+
+@dataclass
+class Tally:
+    """How far the batch got, for the message on an interrupt."""
+
+    done: int = 0
+    total: Optional[int] = None  # None until the outputs are planned
+    rank: Optional[int] = None  # set under torchrun, where each rank counts its own share
+
+
 @app.command()
 def upscale(
-    inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
-    scale: Optional[int] = typer.Option(None, "--scale", "-s", help="Upscaling factor: 2, 3 or 4 (default: the model's, else 4)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model from `srkd models` (default: the bundled squeezesr-kd for the scale)."),
+    inputs: Optional[List[str]] = typer.Argument(None, help="Image files, folders or glob patterns; '-' reads one image from stdin."),
+    more_inputs: List[str] = typer.Option([], "--input", "-i", help="More inputs (Real-ESRGAN's -i); repeatable."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file (one input), folder, or '-' for stdout "
+                                         "(needs --format). Default: beside each input."),
+    scale: Optional[str] = typer.Option(None, "--scale", "-s", "--outscale", help="Upscaling factor: 2, 3 or 4 (default: the "
+                                        "model's, else 4); a fraction such as 3.5 runs the next model scale up and resamples down."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", "-n", help="A model from `srkd models` (default: the bundled "
+                                        "squeezesr-kd for the scale)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A weights file (.safetensors or official .pth)."),
     device: str = typer.Option("auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 (inf/NaN falls back to fp32), or int8 (SqueezeSR "
                                                 "on onnxruntime's CPU, quantised: faster, ~0.15 dB lower; docs/performance.md)."),
-    tile: str = typer.Option("auto", help="Tile edge in input pixels, 'auto' (from free memory) or 'none'."),
+    fp32: bool = typer.Option(False, "--fp32", help="Same as --precision fp32 (Real-ESRGAN's spelling)."),
+    tile: str = typer.Option("auto", "--tile", "-t", help="Tile edge in input pixels, 'auto' (from free memory) or 'none' (or 0)."),
     tile_overlap: int = typer.Option(32, min=0, help="Overlap between tiles in input pixels."),
     tta: bool = typer.Option(False, "--tta", help="x8 self-ensemble (flips and rotations averaged)."),
     alpha: str = typer.Option("model", help="How to upscale an alpha channel: model or bicubic."),
-    suffix: Optional[str] = typer.Option(None, help="Appended to output names (default _xS)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="png, jpg, webp, tif or bmp (default: the input's)."),
-    quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality (WebP 100: lossless)."),
+    suffix: Optional[str] = typer.Option(None, help="Appended to output names (default _xS); part of a file name only."),
+    fmt: Optional[str] = typer.Option(None, "--format", "--ext", help="png, jpg, webp, tif or bmp (default, or auto: the input's)."),
+    quality: Optional[int] = typer.Option(None, min=1, max=100, help="JPEG/WebP quality, default 95 (WebP 100: lossless)."),
     png_compression: int = typer.Option(PNG_COMPRESSION, "--png-compression", min=0, max=9,
                                         help="PNG zlib level: 1 fast (default), 9 smallest; lossless either way."),
     overwrite: bool = typer.Option(False, help="Replace existing output files (never an input)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output exists and decodes "
+                                       "(finishes an interrupted batch)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders (kept under -o DIR)."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse inputs claiming more pixels (decompression-bomb guard)."),
@@ -114,17 +161,73 @@ def upscale(
     backend: str = typer.Option("auto", "--backend", help=backend_help(upscale=True)),
 ) -> int:
     """Upscale images with a super-resolution model."""
-    if scale is not None:
-        check_scale(scale)
+    tally = Tally()
+    spool: List[str] = []  # the folder holding stdin's image, removed at the end
+    try:
+        with as_interrupts():  # SIGTERM and SIGHUP clean up like Ctrl-C: no temporary file is left
+            return _upscale_command(tally, spool, list(inputs or []) + list(more_inputs), output, scale, model, weights,
+                                    device, precision, fp32, tile, tile_overlap, tta, alpha, suffix, fmt, quality,
+                                    png_compression, overwrite, skip_existing, recursive, threads, max_pixels, json_out,
+                                    quiet, backend)
+    except KeyboardInterrupt as e:
+        what = f"terminated by {e.name}" if isinstance(e, Terminated) else "interrupted"
+        where = f"rank {tally.rank}: " if tally.rank is not None else ""
+        if tally.total:
+            what += f" after {tally.done} of {tally.total} images; rerun with --skip-existing to finish"
+        err_console.print(f"{where}{what}", highlight=False, soft_wrap=True)
+        return getattr(e, "exit_code", 130)
+    finally:
+        for folder in spool:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _upscale_command(tally: Tally, spool: List[str], inputs: List[str], output, scale_text, model, weights, device,
+                     precision, fp32, tile, tile_overlap, tta, alpha, suffix, fmt, quality, png_compression, overwrite,
+                     skip_existing, recursive, threads, max_pixels, json_out, quiet, backend) -> int:
+    """The command once its options are parsed: checks, stdin, the batch, the report."""
+    if not inputs:
+        raise ConfigError("Missing argument 'INPUTS...': image files, folders or patterns (or -i, or '-' for stdin)")
+    scale, outscale = parse_scale(scale_text)
+    if fp32 and precision != "fp32":
+        raise ConfigError(f"--fp32 and --precision {precision} disagree (give one)")
     if alpha not in ALPHA_MODES:
         raise ConfigError(f"--alpha {alpha}: choose model or bicubic")
+    if fmt is not None and fmt.lower() == "auto":  # Real-ESRGAN's --ext auto: the input's own format
+        fmt = None
+    check_suffix(suffix)
+    kind = output_kind(output)
+    env = dist_env()
+    if kind == "stdout":
+        if not fmt:
+            raise ConfigError("-o -: give --format (png, jpg, webp, tif or bmp); stdout has no name to take it from")
+        if json_out == "-":
+            raise ConfigError("-o - and --json - both want stdout (send --json to a file)")
+        if env.enabled:
+            raise ConfigError("-o -: not under torchrun (one image, one stdout)")
+        if sys.stdout.isatty():
+            raise ConfigError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    stdin_file = None
+    if "-" in inputs:
+        if len(inputs) > 1:
+            raise ConfigError("input -: stdin holds one image; give no other inputs with it")
+        if env.enabled:
+            raise ConfigError("input -: not under torchrun (one stdin, several ranks)")
+        if kind not in ("file", "stdout"):
+            raise ConfigError("input -: give -o FILE or -o - (an image from stdin has no name to write beside)")
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ConfigError("input -: stdin is a terminal; pipe an image in (cat a.png | srkd upscale - -o out.png)")
+        spool.append(tempfile.mkdtemp(prefix="srkd-stdin-"))
+        stdin_file = Path(spool[-1]) / "stdin"
+        with open(stdin_file, "wb") as f:  # spooled: the readers want a file they can seek in
+            shutil.copyfileobj(sys.stdin.buffer, f)
     if threads:
         torch.set_num_threads(threads)
-    env = dist_env()
+    opts = OutputOptions(output, suffix, fmt, 95 if quality is None else quality, overwrite, png_compression,
+                         skip_existing, outscale)
     try:
-        everything, s, used, name = _upscale_all(env, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
-                                     alpha, OutputOptions(output, suffix, fmt, quality, overwrite, png_compression), recursive,
-                                     max_pixels, quiet, backend, threads)
+        results, skipped, unmatched, s, used, name = _upscale_all(
+            env, tally, inputs, stdin_file, scale, outscale, model, weights, device, precision, tile, tile_overlap, tta,
+            alpha, opts, quality, recursive, max_pixels, quiet, backend, threads)
     except SrkdError as e:
         if env.is_main:
             raise
@@ -135,61 +238,122 @@ def upscale(
         # Rank 0 reports every file and sets the exit code; a non-zero code here would make
         # torchrun stop rank 0 while it is still printing the summary or writing --json.
         return 0
-    bad = [r for r in everything if not r.ok]
+    bad = [r for r in results if not r.ok]
+    for msg in unmatched:
+        err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     for r in bad:
         err_console.print(f"[bold red]error:[/] {escape(r.error or '')}", highlight=False, soft_wrap=True)
     if json_out:
-        text = json.dumps([r.to_dict() for r in everything], indent=2)
+        text = json.dumps([r.to_dict() for r in skipped + results], indent=2)
         if json_out == "-":
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
         else:
             try:
-                Path(json_out).write_text(text + "\n")
+                atomic_write(json_out, lambda tmp: tmp.write_text(text + "\n"))
             except OSError as e:
                 err_console.print(f"[bold red]error:[/] {escape(f'--json {json_out}: cannot write ({e.strerror or e})')}",
                                   highlight=False, soft_wrap=True)
                 return 1
     if not quiet and json_out != "-":
-        done = [r for r in everything if r.ok]
+        done = [r for r in results if r.ok]
         secs = sum(r.seconds for r in done)
-        console.print(f"upscaled {len(done)} of {len(everything)} image(s) x{s} with {name} in {secs:.2f} s ({used})"
-                      + (f"; {len(bad)} failed" if bad else ""), highlight=False, soft_wrap=True)
-    return 1 if bad else 0
+        x = f"x{outscale:g}" if outscale else f"x{s}"
+        line = (f"upscaled {len(done)} of {len(results)} image(s) {x} with {name} in {secs:.2f} s ({used})"
+                + (f"; {len(bad)} failed" if bad else "") + (f"; {len(skipped)} skipped (output already there)" if skipped else ""))
+        # With -o -, stdout holds the image and nothing else.
+        (err_console if kind == "stdout" else console).print(line, highlight=False, soft_wrap=True)
+    return 1 if bad or unmatched else 0
 
 
-def _upscale_all(env: DistEnv, inputs, scale, model, weights, device, precision, tile, tile_overlap, tta,
-                 alpha, opts: OutputOptions, recursive, max_pixels, quiet, backend="auto", threads=None) -> Tuple[List[FileResult], int, str, str]:
-    """Every rank's results (rank 0: all of them, plan failures included), the scale, the backend run and the model's name."""
+def _names_one_model(model: str) -> bool:
+    """`model` is a weights file or one zoo entry (one scale), not a family such as `swinir4`."""
+    from ..zoo import get_zoo
+
+    if Path(model).expanduser().is_file():
+        return True
+    try:
+        get_zoo().get(model)
+        return True
+    except ModelNotFoundError:
+        return False
+
+
+def _load(model, weights, scale: Optional[int], outscale: Optional[float], dev: torch.device) -> LoadedModel:
+    if outscale is None:
+        return load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev)
+    # A fractional --scale: a family gives its member at the next scale up; a file or a named
+    # entry has one scale, which must reach it.
+    fixed = weights is not None or (model is not None and _names_one_model(model))
+    lm = load_model(model, weights, None if fixed else scale, dev)
+    if lm.scale < outscale:
+        raise ConfigError(f"--scale {outscale:g}: {weights or model} upscales x{lm.scale}, less than that")
+    return lm
+
+
+def _upscale_all(env: DistEnv, tally: Tally, inputs, stdin_file: Optional[Path], scale, outscale, model, weights, device,
+                 precision, tile, tile_overlap, tta, alpha, opts: OutputOptions, quality_given, recursive, max_pixels,
+                 quiet, backend="auto", threads=None
+                 ) -> Tuple[List[FileResult], List[FileResult], List[str], int, str, str]:
+    """(every rank's results; rank 0: all of them, plan failures included), the skipped, the
+    patterns that matched nothing, the model's scale, the backend run and the model's name."""
     dev = rank_device(env, pick_device(device))
     init_process_group(env, dev)
-    lm = load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev)
+    lm = _load(model, weights, scale, outscale, dev)
     s = lm.scale
-    upscaler, backend = make_upscaler(lm, backend, precision, dev, threads, parse_tile(tile), tile_overlap, tta,
-                                      say=None if (quiet or not env.is_main) else _note)
+    say = None if (quiet or not env.is_main) else _note
+    upscaler, backend = make_upscaler(lm, backend, precision, dev, threads, parse_tile(tile), tile_overlap, tta, say=say)
 
-    def plan() -> Tuple[List[Job], List[FileResult]]:
-        files, missing = collect_inputs(inputs, recursive)
-        jobs, failed = plan_jobs(files, opts, s)
-        return jobs, missing + failed
+    def plan() -> Tuple[List[Job], List[FileResult], List[FileResult], Inputs]:
+        got = Inputs(files=[(stdin_file, Path("stdin"))]) if stdin_file else collect_inputs(inputs, recursive, opts.suffix)
+        jobs, failed, skipped = plan_jobs(got.files, opts, outscale or s)
+        for job in jobs:
+            if job.input == stdin_file:
+                job.name = "-"
+        for r in failed:
+            r.input = "-" if stdin_file and r.input == str(stdin_file) else r.input
+        return jobs, got.failed + failed, skipped, got
 
-    jobs, failed = _on_main(env, plan)
+    jobs, failed, skipped, got = _on_main(env, plan)
     mine = jobs[env.rank :: env.world_size]
+    tally.total, tally.rank = len(mine), (env.rank if env.enabled else None)
     show = not quiet and env.is_main
-    upscaler.warn = lambda msg: None if quiet else err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
+    upscaler.warn = lambda msg: None if quiet else err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
+                                                                     soft_wrap=True)
+    if say and got.earlier_outputs:
+        few = ", ".join(p.name for p in got.earlier_outputs[:3]) + (", ..." if len(got.earlier_outputs) > 3 else "")
+        say(f"left out {len(got.earlier_outputs)} earlier output(s) of srkd, each beside its input ({few}); "
+            "name a file to upscale it anyway")
+    if quality_given is not None and env.is_main and jobs:
+        formats = {output_format(job, opts) for job in jobs}
+        if not formats & {"jpg", "webp"}:
+            upscaler.warn(f"--quality {quality_given} does nothing for {'/'.join(sorted(f.upper() for f in formats))} output, "
+                          "which is lossless (--png-compression trades PNG's time for size)")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, disable=not show, transient=True,
+        # Off where stderr is not a terminal: rich would print a lone empty line there at the end.
+        console=err_console, disable=not show or not err_console.is_terminal, transient=True,
     ) as bar:
         name = str(lm.metadata.get("zoo_name") or (lm.path.name if lm.path is not None else lm.spec.name))
-        task = bar.add_task(f"x{s} {name}", total=len(mine))
+        task = bar.add_task(f"x{outscale or s:g} {name}", total=len(mine))
         tiles = bar.add_task("tiles", total=1, visible=False)
+        writing = bar.add_task("writing", total=None, visible=False)
 
         def tile_progress(done: int, total: int) -> None:
             bar.update(tiles, completed=done, total=total, visible=total > 1 and done < total)
 
+        def write_stage(job: Job, pixels: int) -> None:
+            if pixels >= WRITE_STAGE_PIXELS:  # a pulsing bar with its own clock: the encoder reports nothing
+                bar.update(tiles, visible=False)
+                bar.reset(writing, total=None, visible=True, description=f"writing {escape(Path(job.output).name)}")
+
+        def file_done(r: FileResult) -> None:
+            tally.done += 1
+            bar.update(writing, visible=False)
+            bar.advance(task)
+
         upscaler.progress = tile_progress
-        results = run_jobs(mine, upscaler, opts, alpha, max_pixels, on_done=lambda r: bar.advance(task), rank=env.rank)
-    order = {job.input: i for i, job in enumerate(jobs)}
-    gathered = sorted((r for part in gather_objects(results, env) for r in part), key=lambda r: order[Path(r.input)])
-    return (failed + gathered if env.is_main else results), s, backend, name
+        results = run_jobs(mine, upscaler, opts, alpha, max_pixels, on_done=file_done, rank=env.rank, on_write=write_stage)
+    order = {job.shown: i for i, job in enumerate(jobs)}
+    gathered = sorted((r for part in gather_objects(results, env) for r in part), key=lambda r: order[r.input])
+    return (failed + gathered if env.is_main else results), skipped, got.unmatched, s, backend, name

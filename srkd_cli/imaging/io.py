@@ -21,9 +21,10 @@ import tempfile
 import threading
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -88,6 +89,29 @@ class Image:
 # --------------------------------------------------------------------------- reading
 
 
+@dataclass
+class Header:
+    """What a file's header says, before any pixel is decoded."""
+
+    width: int      # as stored: EXIF orientation may swap width and height
+    height: int
+    format: str     # 'PNG', 'JPEG', 'WEBP', 'BMP' or 'TIFF'
+    channels: int   # planes read_image gives: 1 grey or 3 colour, plus 1 for alpha
+    frames: int     # pages of a TIFF, frames of an animated PNG or WebP; only the first is read
+
+
+def probe_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+    """The header of an image file, with the checks `read_image` makes before decoding
+    (missing, empty, unsupported, more pixels than `max_pixels`): cheap whatever the image's size."""
+    path = _existing_file(path)
+    with _read_errors(path), _open_header(path) as im:
+        fmt = _checked_format(path, im, max_pixels)
+        has_alpha = "A" in im.mode or im.info.get("transparency") is not None
+        grey = im.mode in ("1", "L", "LA", "La", "F") or im.mode.startswith("I")
+        frames = 1 if fmt == "JPEG" else int(getattr(im, "n_frames", 1) or 1)  # MPO: a preview, not a page
+        return Header(im.size[0], im.size[1], fmt, (1 if grey else 3) + has_alpha, frames)
+
+
 def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     """Decode an image file; any problem with the file raises InputError('<path>: <cause>').
 
@@ -96,29 +120,46 @@ def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     Palette images become RGB(A), CMYK becomes RGB (through its ICC profile when it has one),
     gray stays one channel.
     """
+    path = _existing_file(path)
+    with _read_errors(path), _open_header(path) as im:
+        fmt = _checked_format(path, im, max_pixels)
+        layout = _sixteen_bit_layout(path, im, fmt)
+        if layout is not None:
+            return _read_with_cv2(path, im, fmt, *layout)
+        return _read_with_pil(path, im, fmt)
+
+
+def image_decodes(path: Union[str, Path]) -> bool:
+    """True when the whole file decodes (8-bit is enough to tell): `srkd upscale --skip-existing`
+    takes such an output as done. No pixel limit: outputs are larger than inputs by design."""
+    try:
+        with _open_header(Path(path)) as im:
+            im.load()
+        return True
+    except Exception:  # Pillow cannot do every 16-bit layout: ask srkd's own reader, as inputs are read
+        try:
+            read_image(path, max_pixels=1 << 62)
+            return True
+        except Exception:  # any failure to decode means "not done"
+            return False
+
+
+def _existing_file(path: Union[str, Path]) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image file")
+    return path
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Every way reading a file can fail, as InputError('<path>: <cause>')."""
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes)")
-        with _open_header(path) as im:
-            fmt = _READ_FORMATS.get(im.format or "")
-            if fmt is None:
-                raise InputError(f"{path}: {im.format or 'unknown'} images are not supported "
-                                 "(srkd reads PNG, JPEG, WebP, BMP and TIFF)")
-            width, height = im.size
-            if width * height > max_pixels:
-                raise InputError(
-                    f"{path}: claimed size {width}x{height} ({width * height / 1e6:.0f} MP) "
-                    f"exceeds the limit of {max_pixels / 1e6:.0f} MP; refusing to decode "
-                    "(possible decompression bomb)")
-            layout = _sixteen_bit_layout(path, im, fmt)
-            if layout is not None:
-                return _read_with_cv2(path, im, fmt, *layout)
-            return _read_with_pil(path, im, fmt)
+        yield
     except InputError:
         raise
     except MemoryError:
@@ -130,6 +171,21 @@ def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                          "(PNG, JPEG, WebP, BMP or TIFF expected)") from None
     except _DECODE_ERRORS as e:
         raise InputError(f"{path}: corrupt or truncated image ({_one_line(e)})") from None
+
+
+def _checked_format(path: Path, im: PILImage.Image, max_pixels: int) -> str:
+    """The format srkd reads the file as; InputError for other formats and for bombs."""
+    fmt = _READ_FORMATS.get(im.format or "")
+    if fmt is None:
+        raise InputError(f"{path}: {im.format or 'unknown'} images are not supported "
+                         "(srkd reads PNG, JPEG, WebP, BMP and TIFF)")
+    width, height = im.size
+    if width * height > max_pixels:
+        raise InputError(
+            f"{path}: claimed size {width}x{height} ({width * height / 1e6:.0f} MP) "
+            f"exceeds the limit of {max_pixels / 1e6:.0f} MP; refusing to decode "
+            "(possible decompression bomb)")
+    return fmt
 
 
 def read_uint8(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -351,6 +407,29 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
     """
     path = Path(path)
     fmt = _output_format(path, format)
+    _check_pixels(img_rgb, alpha, bit_depth, png_compression)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
+    encode = _encoder(path, img_rgb, alpha, bit_depth, fmt, icc_profile, exif, quality, png_compression)
+    _write_atomically(path, encode, overwrite)
+    return path
+
+
+def encode_image(img_rgb: torch.Tensor, alpha: Optional[torch.Tensor] = None, bit_depth: int = 8,
+                 icc_profile: Optional[bytes] = None, exif: Optional[bytes] = None, format: str = "png",
+                 quality: int = 95, png_compression: int = PNG_COMPRESSION, name: str = "-") -> bytes:
+    """The bytes `write_image` would write, for a stream (`srkd upscale -o -`); `name` is what
+    error messages call the destination."""
+    fmt = _output_format(Path(name), format)
+    _check_pixels(img_rgb, alpha, bit_depth, png_compression)
+    buf = io.BytesIO()
+    _encoder(Path(name), img_rgb, alpha, bit_depth, fmt, icc_profile, exif, quality, png_compression)(buf)
+    return buf.getvalue()
+
+
+def _check_pixels(img_rgb: torch.Tensor, alpha: Optional[torch.Tensor], bit_depth: int, png_compression: int) -> None:
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth}")
     if not 0 <= png_compression <= 9:
@@ -359,11 +438,12 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
         raise ValueError(f"expected a (1, 1|3, H, W) tensor, got {tuple(img_rgb.shape)}")
     if alpha is not None and tuple(alpha.shape) != (1, 1, *img_rgb.shape[2:]):
         raise ValueError(f"alpha {tuple(alpha.shape)} does not match image {tuple(img_rgb.shape)}")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
 
+
+def _encoder(path: Path, img_rgb: torch.Tensor, alpha: Optional[torch.Tensor], bit_depth: int, fmt: str,
+             icc_profile: Optional[bytes], exif: Optional[bytes], quality: int,
+             png_compression: int) -> Callable[[BinaryIO], None]:
+    """Quantise now; return what encodes the result into an open binary file."""
     x = img_rgb.detach().to("cpu", torch.float32)[0]
     a = alpha.detach().to("cpu", torch.float32)[0] if alpha is not None else None
     if a is not None and fmt in _NO_ALPHA_FORMATS:
@@ -374,17 +454,24 @@ def write_image(path: Union[str, Path], img_rgb: torch.Tensor, alpha: Optional[t
         x = torch.cat([x, a], 0)
     bits = 16 if bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS else 8
     arr = _quantise(x, bits)
+    del x, a
     channels = img_rgb.shape[1]
     icc = icc_profile if icc_profile and icc_fits(icc_profile, channels) else None
     exif = normalise_exif(exif)
     if exif:
         exif = set_pixel_dimensions(exif, arr.shape[1], arr.shape[0])
-    try:
-        data = _encode(arr, bits, fmt, icc, exif, quality, png_compression)
-    except (ValueError, OSError) as e:  # e.g. WebP's 16383-pixel limit
-        raise OutputError(f"{path}: cannot encode as {fmt} ({_one_line(e)})") from None
-    _write_atomically(path, data, overwrite)
-    return path
+
+    def encode(fp: BinaryIO) -> None:
+        try:
+            _encode(fp, arr, bits, fmt, icc, exif, quality, png_compression)
+        except OSError as e:
+            if e.errno is not None:
+                raise  # the file system's (disk full, ...): the caller says "cannot write"
+            raise OutputError(f"{path}: cannot encode as {fmt} ({_one_line(e)})") from None
+        except ValueError as e:  # e.g. WebP's 16383-pixel limit
+            raise OutputError(f"{path}: cannot encode as {fmt} ({_one_line(e)})") from None
+
+    return encode
 
 
 def _output_format(path: Path, format: Optional[str]) -> str:
@@ -414,28 +501,33 @@ def _quantise(x: torch.Tensor, bits: int) -> np.ndarray:
     return out
 
 
-def _encode(arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
-            exif: Optional[bytes], quality: int, png_compression: int = PNG_COMPRESSION) -> bytes:
+def _encode(fp: BinaryIO, arr: np.ndarray, bits: int, fmt: str, icc: Optional[bytes],
+            exif: Optional[bytes], quality: int, png_compression: int = PNG_COMPRESSION) -> None:
+    """Encode into `fp`. Pillow streams into the file as it compresses, so a large output needs
+    no second, encoded copy in memory, and an interrupt can stop it between blocks."""
     channels = arr.shape[2]
     if bits == 16:
         if fmt == "PNG":
-            return _encode_png16(arr, icc, exif, png_compression)
+            fp.write(_encode_png16(arr, icc, exif, png_compression))
+            return
         if channels == 1:  # Pillow writes 16-bit gray TIFF, with metadata
-            return _pil_bytes(PILImage.fromarray(arr[:, :, 0]), fmt, icc, exif, quality)
+            _pil_save(fp, PILImage.fromarray(arr[:, :, 0]), fmt, icc, exif, quality)
+            return
         if channels == 2:  # no 16-bit gray+alpha TIFF writer at hand: RGBA keeps the bits
             arr = arr[:, :, [0, 0, 0, 1]]
         ok, buf = cv2.imencode(".tiff", _to_bgr(arr))  # colour: OpenCV, which writes no metadata
         if not ok:
             raise OutputError("OpenCV could not encode the 16-bit TIFF")
         # a gray profile does not describe the RGBA that gray+alpha became
-        return tiff_add_icc(buf.tobytes(), icc) if icc and channels != 2 else buf.tobytes()
+        fp.write(tiff_add_icc(buf.tobytes(), icc) if icc and channels != 2 else buf.tobytes())
+        return
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     im = PILImage.fromarray(arr[:, :, 0] if channels == 1 else arr, mode)
-    return _pil_bytes(im, fmt, icc, exif, quality, png_compression)
+    _pil_save(fp, im, fmt, icc, exif, quality, png_compression)
 
 
-def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optional[bytes],
-               quality: int, png_compression: int = PNG_COMPRESSION) -> bytes:
+def _pil_save(fp: BinaryIO, im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optional[bytes],
+              quality: int, png_compression: int = PNG_COMPRESSION) -> None:
     options: dict = {}
     if fmt != "BMP":
         if icc:
@@ -450,9 +542,7 @@ def _pil_bytes(im: PILImage.Image, fmt: str, icc: Optional[bytes], exif: Optiona
         options["compression"] = "tiff_adobe_deflate"
     elif fmt == "PNG":
         options["compress_level"] = png_compression
-    buf = io.BytesIO()
-    im.save(buf, fmt, **options)
-    return buf.getvalue()
+    im.save(fp, fmt, **options)
 
 
 def _to_bgr(arr: np.ndarray) -> np.ndarray:
@@ -490,9 +580,9 @@ def _png_gray_alpha16(arr: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
             + png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + png_chunk(b"IEND", b""))
 
 
-def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write data to a temporary file beside `path`, then rename it into place, so that a
-    reader never sees half a file and a failure leaves nothing behind."""
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None], overwrite: bool) -> None:
+    """Call `write` on a temporary file beside `path`, then rename it into place, so that a
+    reader never sees half a file and a failure (or an interrupt) leaves nothing behind."""
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -505,7 +595,7 @@ def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions

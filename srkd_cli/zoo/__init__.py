@@ -96,10 +96,16 @@ class Zoo:
         entry = self._lookup(name, scale)
         if entry is not None:
             return entry
-        wanted = f"{name}-x{scale}" if scale is not None else name
-        close = difflib.get_close_matches(wanted, self.names(), n=3, cutoff=0.6)
+        # The name as typed: `{name}-x{scale}` was only a guess at a family, and echoing it
+        # turned `edsr-t-x2 --scale 2` into 'edsr-t-x2-x2'. Names at `scale` are suggested first.
+        lowered = {n.lower(): n for n in self.names()}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
+        if scale is not None:
+            close.sort(key=lambda n: self.entries[n].scale != scale)  # stable: closeness within each group
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelNotFoundError(f"unknown model {wanted!r}{hint} (`srkd models` lists them)")
+        if not close and name.lower().startswith("realesr"):
+            hint = "; Real-ESRGAN's models are not in srkd's zoo"
+        raise ModelNotFoundError(f"unknown model {name!r}{hint} (`srkd models` lists them)")
 
     def where(self, name: str) -> str:
         """Where `resolve` would find the weights now: "bundled", "cached", "remote" or "missing"."""
