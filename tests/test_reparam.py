@@ -24,10 +24,11 @@ def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4])
-def test_expanded_and_collapsed_forms_agree(scale):
+@pytest.mark.parametrize("arch,scale", [("squeezesr", 2), ("squeezesr", 3), ("squeezesr", 4), ("repsr", 2), ("repsr", 4)])
+def test_expanded_and_collapsed_forms_agree(arch, scale):
     torch.manual_seed(scale)
-    plain = build_model("squeezesr", scale)
+    plain = build_model(arch, scale)
+    cls = type(plain)
     keys = {k: v.shape for k, v in plain.state_dict().items()}
     x = torch.rand(2, 3, 21, 17)
     want = plain(x)
@@ -41,10 +42,10 @@ def test_expanded_and_collapsed_forms_agree(scale):
     shipped = reparam.collapse(expanded)
     assert (branchwise - collapsed_every_step).abs().max() < 1e-5
     assert (shipped(x) - branchwise).abs().max() < 1e-5
-    # The shipped form is today's SqueezeSR: class, keys, shapes and parameter count.
-    assert type(shipped) is SqueezeSR and not reparam.is_expanded(shipped)
+    # The shipped form is the plain architecture: class, keys, shapes and parameter count.
+    assert type(shipped) is cls and not reparam.is_expanded(shipped)
     assert {k: v.shape for k, v in shipped.state_dict().items()} == keys
-    assert count_params(shipped) == count_params(build_model("squeezesr", scale))
+    assert count_params(shipped) == count_params(build_model(arch, scale))
     assert reparam.is_expanded(expanded)  # collapse works on a copy
 
 
@@ -110,3 +111,23 @@ def test_reparam_is_refused_where_it_does_not_apply(images, tmp_path):
     with pytest.raises(ConfigError, match="--reparam -1"):
         train(_cfg(images, tmp_path / "n", reparam=-1))
 
+
+
+def test_repsr_starts_near_nearest_neighbour_and_round_trips_through_a_file(tmp_path, run_cli):
+    """The plain family: recognised from its weights, upscaled by the CLI like any bundled model."""
+    from srkd_cli.archs import detect_arch
+    from srkd_cli.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("repsr", 3, n_feats=8, layers=4).eval()
+    x = torch.rand(1, 3, 9, 11)
+    near = torch.nn.functional.interpolate(x, scale_factor=3, mode="nearest")
+    assert (model(x) - near).abs().mean() < 0.05
+    spec, cfg, scale = detect_arch(model.state_dict())
+    assert (spec.name, cfg, scale) == ("repsr", {"n_feats": 8, "layers": 4}, 3)
+    path = save_checkpoint(tmp_path / "r.safetensors", model, "repsr", cfg)
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    code, _, err = run_cli("upscale", tmp_path / "in.png", "-o", tmp_path / "out.png", "--scale", 3, "--weights", path,
+                           "--backend", "torch")
+    assert code == 0, err
+    assert Image.open(tmp_path / "out.png").size == (33, 27)

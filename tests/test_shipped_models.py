@@ -27,6 +27,17 @@ def test_the_default_is_the_best_bundled_squeezesr(scale):
         assert max(same, key=lambda e: e.metrics[key]).name == name, key
 
 
+@pytest.mark.parametrize("scale", SCALES)
+def test_the_bsrn_quality_tier_is_bundled_and_scores_above_the_default(scale):
+    """The MIT-licensed official BSRN ships as an offline quality tier (docs/zoo.md), beside the
+    default rather than instead of it (it is about 40x slower); its Set5 score is checked below."""
+    by_name = {e.name: e for e in BUNDLED}
+    tier, default = by_name[f"bsrn-x{scale}"], by_name[f"{DEFAULT_FAMILY}-x{scale}"]
+    assert tier.license == "MIT" and any(s.kind == "url" for s in tier.sources)  # upstream provenance kept
+    for key in ("set5_psnr_y", "set14_psnr_y"):
+        assert tier.metrics[key] > default.metrics[key], key
+
+
 @pytest.mark.parametrize("entry", BUNDLED, ids=[e.name for e in BUNDLED])
 def test_bundled_model_matches_its_recorded_set5_psnr(entry, set5):
     lm = load_model(entry.name, device="cpu")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import DATA, shared_path
 from srkd_cli.archs import build_model, get_arch
@@ -98,6 +99,35 @@ def test_imdn_cached_output_is_the_whole_image_answer(store):
         live = teacher(lr)
     assert (out.float() - live).abs().mean().item() < 2e-3  # half a grey level
     assert pixel_loss(out, hr).item() <= pixel_loss(live, hr).item() * 1.05
+
+
+def test_bsrn_cached_targets_are_the_whole_image_answer_and_distill_uses_them(store, tmp_path):
+    """BSRN's CCA pools over its whole input and its ESA max-pools a map at 1/6 size and interpolates
+    it back, so, like IMDN, no pixel is purely local: the cache keeps the whole-image answer, close
+    to the live one and no farther from HR; `srkd distill --teacher-cache ram` runs with it."""
+    path = shared_path("teachers", "net_g_BSRN_x2.pth")
+    teacher = load_checkpoint(path).model
+    names = ("T1", "T2", "T3")
+    sampler = PatchSampler(store, 2, 32, 2, seed=1)  # two patches: two whole-image teacher runs
+    cache = TeacherCache(teacher, store, 2, 32, names, True, "ram")
+    assert cache.channels == {k: 64 for k in names}
+    lr, hr = sampler.next()
+    out, feats = cache.targets(sampler.last_params)
+    with torch.no_grad():
+        live, live_feats = teacher.forward_with_features(lr, names)
+    assert all(feats[k].shape == live_feats[k].shape for k in names)
+    assert (out.float() - live).abs().mean().item() < 2e-3  # half a grey level
+    assert pixel_loss(out, hr).item() <= pixel_loss(live, hr).item() * 1.05
+
+    # The run fills the cache first (8 entries per image): one small crop of a Set5 image keeps it quick.
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.open(HR / "butterfly.png").crop((64, 64, 144, 144)).save(tiny / "crop.png")
+    run = train(TrainConfig(arch="squeezesr", scale=2, data=[tiny], out=tmp_path / "bsrn", teacher=str(path), steps=2,
+                            batch=2, patch=16, val_every=0, ckpt_every=0, device="cpu", quiet=True, seed=1,
+                            out_weight=0.5, teacher_cache="ram"))
+    prov = json.loads(load_checkpoint(run.final).metadata["provenance"])
+    assert prov["teacher_cache"] == "ram" and prov["pairs"] == [["S1", "T1"], ["S2", "T2"], ["S3", "T3"]]
 
 
 def test_folder_cache_is_written_once_and_reused(store, tmp_path):

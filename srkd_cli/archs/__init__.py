@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from ..config import SCALES, check_scale
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .base import SRModel
 from . import carn, fuse
+from .bsrn import BSRN
 from .edsr_t import EDSRT
 from .imdn import IMDN
+from .repsr import RepSR
 from .squeezesr import SqueezeSR
 from .swinir import SwinIR
 
@@ -78,9 +80,24 @@ def _count(sd: StateDict, pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := rx.match(k))})
 
 
-def _scale_from_channels(out_channels: int, per_pixel: int = 3) -> Optional[int]:
+def _scale_from_channels(out_channels: Optional[int], per_pixel: int = 3) -> Optional[int]:
+    if out_channels is None:
+        return None
     s = math.isqrt(out_channels // per_pixel)
     return s if s * s * per_pixel == out_channels else None
+
+
+# Detect functions read sizes through `_dim` and build configs with `_known`: a partial or damaged
+# file must not raise KeyError here. What cannot be read falls back to the default (or a scale of
+# None), and the loader then names the tensors that are missing or of the wrong shape.
+def _dim(sd: StateDict, key: str, i: int = 0) -> Optional[int]:
+    """Size `i` of tensor `key`; None where the file lacks it or it has too few dimensions."""
+    t = sd.get(key)
+    return int(t.shape[i]) if isinstance(t, torch.Tensor) and t.dim() > i else None
+
+
+def _known(**cfg: Any) -> Dict[str, Any]:
+    return {k: v for k, v in cfg.items() if v is not None}
 
 
 def _detect_swinir(sd: StateDict):
@@ -88,71 +105,84 @@ def _detect_swinir(sd: StateDict):
         return None
     if "upsample.0.weight" not in sd or "conv_before_upsample.0.weight" in sd:
         return None  # classical/real-world SwinIR upsamplers are not the lightweight model
-    dim = sd["conv_first.weight"].shape[0]
-    table = sd["layers.0.residual_group.blocks.0.attn.relative_position_bias_table"]
-    ws = (math.isqrt(table.shape[0]) + 1) // 2
-    cfg = dict(
+    dim = _dim(sd, "conv_first.weight")
+    table = "layers.0.residual_group.blocks.0.attn.relative_position_bias_table"
+    rows, hidden = _dim(sd, table), _dim(sd, "layers.0.residual_group.blocks.0.mlp.fc1.weight")
+    cfg = _known(
         blocks=_count(sd, r"layers\.(\d+)\."),
         embed_dim=dim,
-        depth=_count(sd, r"layers\.0\.residual_group\.blocks\.(\d+)\."),
-        num_heads=table.shape[1],
-        window_size=ws,
-        mlp_ratio=sd["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        depth=_count(sd, r"layers\.0\.residual_group\.blocks\.(\d+)\.") or None,
+        num_heads=_dim(sd, table, 1),
+        window_size=None if rows is None else (math.isqrt(rows) + 1) // 2,
+        mlp_ratio=None if hidden is None or not dim else hidden / dim,
     )
-    scale = _scale_from_channels(sd["upsample.0.weight"].shape[0])
-    return (cfg, scale) if scale else None
+    return cfg, _scale_from_channels(_dim(sd, "upsample.0.weight"))
 
 
 def _detect_edsr_t(sd: StateDict):
     if "head.weight" not in sd or "body_conv.weight" not in sd or "body.0.body.0.body.0.weight" not in sd:
         return None
-    nf = sd["head.weight"].shape[0]
-    cfg = dict(
+    nf = _dim(sd, "head.weight")
+    cfg = _known(
         n_feats=nf,
         blocks=_count(sd, r"body\.(\d+)\."),
         modules_per_block=_count(sd, r"body\.0\.body\.(\d+)\."),
     )
-    first = sd["tail.0.weight"].shape[0]
-    if first == 9 * nf:
+    first, scale = _dim(sd, "tail.0.weight"), None
+    if first is not None and nf and first == 9 * nf:
         scale = 3
-    elif first == 4 * nf:
-        scale = 4 if "tail.2.weight" in sd and sd["tail.2.weight"].shape[0] == 4 * nf else 2
-    else:
-        return None
+    elif first is not None and nf and first == 4 * nf:
+        scale = 4 if _dim(sd, "tail.2.weight") == 4 * nf else 2
     return cfg, scale
 
 
 def _detect_imdn(sd: StateDict):
     if "fea_conv.weight" not in sd or "IMDB1.c1.weight" not in sd or "upsampler.0.weight" not in sd:
         return None
-    cfg = dict(n_feats=sd["fea_conv.weight"].shape[0], blocks=_count(sd, r"IMDB(\d+)\."))
-    scale = _scale_from_channels(sd["upsampler.0.weight"].shape[0])
-    return (cfg, scale) if scale else None
+    cfg = _known(n_feats=_dim(sd, "fea_conv.weight"), blocks=_count(sd, r"IMDB(\d+)\."))
+    return cfg, _scale_from_channels(_dim(sd, "upsampler.0.weight"))
+
+
+def _detect_bsrn(sd: StateDict):
+    if "fea_conv.pw.weight" not in sd or "B1.c1_r.pw.weight" not in sd:
+        return None
+    if "upsampler.upsampleOneStep.0.weight" not in sd:
+        return None  # only the released `pixelshuffledirect` upsampler
+    cfg = _known(n_feats=_dim(sd, "fea_conv.pw.weight"), blocks=_count(sd, r"B(\d+)\."))
+    return cfg, _scale_from_channels(_dim(sd, "upsampler.upsampleOneStep.0.weight"))
 
 
 def _detect_carn_m(sd: StateDict):
     if "entry.weight" not in sd or "b1.b1.body.0.weight" not in sd or "exit.weight" not in sd:
         return None
-    n = sd["entry.weight"].shape[0]
-    cfg = dict(n_feats=n, groups=n // sd["b1.b1.body.0.weight"].shape[1])
+    n, per_group = _dim(sd, "entry.weight"), _dim(sd, "b1.b1.body.0.weight", 1)
+    cfg = _known(n_feats=n, groups=n // per_group if n and per_group else None)
     if "upsample.up.body.0.weight" not in sd:
         return (cfg, None) if any(k.startswith("upsample.up2.") for k in sd) else None
-    first = sd["upsample.up.body.0.weight"].shape[0]
-    scale = 3 if first == 9 * n else (4 if "upsample.up.body.3.weight" in sd else 2)
+    first = _dim(sd, "upsample.up.body.0.weight")
+    scale = 3 if n and first == 9 * n else (4 if "upsample.up.body.3.weight" in sd else 2)
     return cfg, scale
 
 
 def _detect_squeezesr(sd: StateDict):
     if "head.weight" not in sd or "body.0.squeeze.weight" not in sd:
         return None
-    cfg = dict(
-        n_feats=sd["head.weight"].shape[0],
+    n, wide = _dim(sd, "head.weight"), _dim(sd, "body.0.expand3x3.weight")
+    cfg = _known(
+        n_feats=n,
         blocks=_count(sd, r"body\.(\d+)\."),
-        squeeze=sd["body.0.squeeze.weight"].shape[0],
-        expand1x1=sd["body.0.expand1x1.weight"].shape[0],
+        squeeze=_dim(sd, "body.0.squeeze.weight"),
+        # the two expands concatenate back to n_feats: either one tells the split
+        expand1x1=_dim(sd, "body.0.expand1x1.weight") or (n - wide if n and wide else None),
     )
-    scale = _scale_from_channels(sd["tail.0.weight"].shape[0])
-    return (cfg, scale) if scale else None
+    return cfg, _scale_from_channels(_dim(sd, "tail.0.weight"))
+
+
+def _detect_repsr(sd: StateDict):
+    head, tail = _dim(sd, "head.weight"), _dim(sd, "tail.weight")
+    if head is None or tail is None or _dim(sd, "body.0.weight", 3) != 3 or _dim(sd, "head.weight", 3) != 5:
+        return None
+    return dict(n_feats=head, layers=_count(sd, r"body\.(\d+)\.")), _scale_from_channels(tail)
 
 
 ARCHS: Dict[str, ArchSpec] = {
@@ -190,6 +220,20 @@ ARCHS: Dict[str, ArchSpec] = {
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (2 * cfg["blocks"] + 6) + 7 * 12 * s * s,
         ),
         ArchSpec(
+            name="bsrn",
+            cls=BSRN,
+            defaults=dict(n_feats=64, blocks=8),
+            detect=_detect_bsrn,
+            description="BSRN (Li et al. 2022), official weights, MIT: a lightweight teacher a CPU can run",
+            feature_names=lambda cfg: BSRN.feature_names_for(cfg["blocks"]),
+            # every block's output is kept for the final fusion, then concatenated once more; measured
+            # 6.1 KB per pixel at x2 and x4 (n_feats 64, 8 blocks) against 6.5 / 7.5 KB here
+            bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (2 * cfg["blocks"] + 8) + 7 * 12 * s * s,
+            # fp16 is safe: its largest activation over Set14 is about 95 (x2 and x4), far below 65504,
+            # and the CCA's squares run in float32 under autocast
+            supports_half=True,
+        ),
+        ArchSpec(
             name="squeezesr",
             cls=SqueezeSR,
             defaults=dict(n_feats=64, blocks=3, squeeze=16, expand1x1=32),
@@ -202,6 +246,18 @@ ARCHS: Dict[str, ArchSpec] = {
             graph_form=fuse.for_graph_runtime,
             receptive_radius=fuse.receptive_radius,
             int8=True,
+            reparam=True,
+        ),
+        ArchSpec(
+            name="repsr",
+            cls=RepSR,
+            defaults=dict(n_feats=16, layers=9),
+            detect=_detect_repsr,
+            description="RepSR (srkd): a plain 3x3-conv student trained re-parameterised (--reparam), SESR-style",
+            feature_names=lambda cfg: ("S1", "S2", "S3"),
+            # two feature maps live at once, plus the s*s*3 sub-pixel output and its input copy
+            bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 4 + 2 * 12 * s * s,
+            train_defaults={"patch": 48, "lr": 1e-3},
             reparam=True,
         ),
         ArchSpec(
@@ -244,10 +300,16 @@ def build_model(name: str, scale: int, **config: Any) -> SRModel:
 def detect_arch(sd: StateDict) -> Optional[Tuple[ArchSpec, Dict[str, Any], Optional[int]]]:
     """Recognise a canonical state dict: (spec, full config, scale), or None.
 
-    The scale is None for a file that holds several (CARN-M's multi-scale release); the
-    architecture's `canonicalize` then picks one."""
+    The scale is None for a file that holds several (CARN-M's multi-scale release; the
+    architecture's `canonicalize` then picks one) or whose scale-telling tensor is missing or odd
+    (the loader then reports what does not fit)."""
     for spec in ARCHS.values():
-        found = spec.detect(sd)
+        try:
+            found = spec.detect(sd)
+        except (KeyError, IndexError, TypeError, ZeroDivisionError) as e:
+            # A detect function that still indexes blindly: a clear line instead of an internal error.
+            what = f"lacks {e.args[0]}" if isinstance(e, KeyError) else f"has unexpected shapes ({e})"
+            raise CheckpointError(f"looks like {spec.name} but {what}") from None
         if found:
             cfg, scale = found
             return spec, spec.config(**cfg), scale

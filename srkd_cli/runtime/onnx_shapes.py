@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 
@@ -19,12 +20,19 @@ def with_symbolic_shapes(proto):
     if shapes is not None:
         _annotate(proto.graph, shapes)
         return proto
+    # Its warnings (e.g. "Unable to determine if 2*height <= ..." on BSRN's crop) are about shapes it
+    # leaves unknown, which costs speed at most: not for the user's terminal.
+    log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
     except Exception:  # an optimisation only: the graph without shapes runs the same
         return proto
+    finally:
+        log.setLevel(level)
 
 
 _ELEMENTWISE = {"Relu", "Add", "Sub", "Mul", "Div", "Sigmoid", "Clip", "LeakyRelu", "Identity"}

@@ -86,7 +86,10 @@ class FeatureKD(_Distill):
             raise ConfigError(f"--feat-weight {beta}: must be >= 0")
         if out_weight < 0:
             raise ConfigError(f"--out-weight {out_weight}: must be >= 0")
-        self.pairs, self.distance, self.beta, self.out_weight = pairs, distance, beta, out_weight
+        # No pairs (a teacher that only lends its output): no feature term, whatever beta says.
+        self.pairs, self.distance, self.beta, self.out_weight = pairs, distance, (beta if pairs else 0.0), out_weight
+        if not pairs:
+            self.name = "output-kd"  # L1(S, HR) + gamma L1(S, T): paper 2's output term alone
         self.student_features = tuple(s for s, _ in pairs) if beta > 0 else ()
         self.teacher_features = tuple(t for _, t in pairs) if beta > 0 else ()
         self.needs_teacher_output = out_weight > 0
@@ -161,6 +164,8 @@ class Pairing:
     shares_weights: bool = False  # --init-from-teacher can copy the student's weights from the teacher
 
 
+ANY_TEACHER = "*"  # a pairing for a student and every teacher without a pairing of its own
+
 # (student, teacher) -> pairing: the one table of what distils from what.
 PAIRINGS: Dict[Tuple[str, str], Pairing] = {
     ("squeezesr", "edsr-t"): Pairing(
@@ -171,17 +176,31 @@ PAIRINGS: Dict[Tuple[str, str], Pairing] = {
     ("squeezesr", "carn-m"): Pairing(
         "feature", lambda t: {"blocks": 3}, _numbered_pairs,
         "paper 1's recipe: S1..S3 learn CARN-M's three cascade outputs (T1..T3)"),
+    ("squeezesr", "bsrn"): Pairing(
+        "feature", lambda t: {"blocks": 3}, _numbered_pairs,
+        "paper 1's recipe: S1..S3 learn BSRN's blocks 3, 5, 8 (T1..T3)"),
+    # srkd's plain re-parameterised family: paper 1's recipe (its S1..S3 are a third, two thirds and
+    # the end of its stack; 1x1 adapters bridge the widths), usually with the output term alone.
+    ("repsr", "bsrn"): Pairing(
+        "feature", lambda t: {}, _numbered_pairs, "S1..S3 (RepSR's layers at 1/3, 2/3, end) learn BSRN's T1..T3"),
+    ("repsr", "imdn"): Pairing(
+        "feature", lambda t: {}, _numbered_pairs, "S1..S3 (RepSR's layers at 1/3, 2/3, end) learn IMDN's T1..T3"),
     ("swinir", "swinir"): Pairing(
         "alpha", lambda t: {**t, "blocks": max(1, int(t["blocks"]) - 1)}, lambda s, t: [("F1", "F1")],
         "paper 2: a SwinIR with fewer RSTBs learns the teacher's output and F1", shares_weights=True),
+    # Any other teacher (e.g. BSRN for scripts/gpu_run.py's SwinIR teacher): its output alone,
+    # L1(S, HR) + gamma L1(S, T) with gamma = --out-weight; no feature of another architecture matches F1.
+    ("swinir", ANY_TEACHER): Pairing(
+        "feature", lambda t: {}, lambda s, t: [],
+        "a SwinIR learns another architecture's output (--out-weight > 0), no features"),
 }
 
 
 def get_pairing(student_arch: str, teacher_arch: str) -> Pairing:
     """The pairing for (student, teacher), or a ConfigError listing the pairs srkd knows."""
-    pairing = PAIRINGS.get((student_arch, teacher_arch))
+    pairing = PAIRINGS.get((student_arch, teacher_arch)) or PAIRINGS.get((student_arch, ANY_TEACHER))
     if pairing is None:
-        known = "; ".join(f"--student {s} from a {t} teacher" for s, t in PAIRINGS)
+        known = "; ".join(f"--student {s} from {'any other' if t == ANY_TEACHER else 'a ' + t} teacher" for s, t in PAIRINGS)
         raise ConfigError(f"--student {student_arch} does not fit a {teacher_arch} teacher: srkd distils {known}")
     return pairing
 
@@ -205,7 +224,11 @@ def make_distill_recipe(
         raise ConfigError(f"--teacher upscales x{teacher.scale} but the student is built for --scale {student.scale}")
     pairing = get_pairing(student_arch, teacher_arch)
     if pairing.recipe == "feature":
-        recipe: Recipe = FeatureKD(teacher, pairing.features(student, teacher), feat_loss, feat_weight, out_weight)
+        pairs = pairing.features(student, teacher)
+        if not pairs and not out_weight > 0:
+            raise ConfigError(f"--out-weight {out_weight}: a {student_arch} student shares no feature with a {teacher_arch} "
+                              "teacher and learns only its output; give --out-weight > 0")
+        recipe: Recipe = FeatureKD(teacher, pairs, feat_loss, feat_weight, out_weight)
     else:
         recipe = AlphaKD(teacher, alpha)
     _probe(recipe, student)

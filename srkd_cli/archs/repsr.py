@@ -1,0 +1,58 @@
+"""RepSR: a plain CNN for training with `--reparam`, in the style of SESR (collapsible linear blocks).
+
+At inference it is nothing but convolutions and ReLUs at LR size: a 5x5 head to `n_feats`
+channels, `layers` 3x3 convs each followed by ReLU, a long skip from the head, a 5x5 tail to
+3·s² channels, the input added to every sub-pixel channel (nearest-neighbour upsampling as the
+residual base) and one pixel shuffle. Trained with `--reparam W`, every conv is an
+over-parameterised linear block (archs/reparam.py) that collapses back into this graph.
+
+The body convs start as identity plus a small random kernel (SESR's short residuals, folded into
+the kernel) and the tail starts small, so an untrained model is close to nearest-neighbour
+upsampling and deep stacks train from the first step. Features `S1..S3` are the body outputs at
+a third, two thirds and the end of the stack (for paper 1's feature recipe).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import SRModel
+
+
+class RepSR(SRModel):
+    def __init__(self, scale: int = 2, n_feats: int = 16, layers: int = 9):
+        if n_feats < 1 or layers < 3:
+            raise ConfigError(f"repsr: needs n_feats >= 1 and layers >= 3 (got n_feats={n_feats}, layers={layers})")
+        super().__init__()
+        self.scale = scale
+        self.feature_names = ("S1", "S2", "S3")
+        self._taps = {layers // 3: "S1", 2 * layers // 3: "S2", layers: "S3"}
+        self.head = nn.Conv2d(3, n_feats, 5, padding=2)
+        self.body = nn.ModuleList(nn.Conv2d(n_feats, n_feats, 3, padding=1) for _ in range(layers))
+        self.tail = nn.Conv2d(n_feats, 3 * scale * scale, 5, padding=2)
+        with torch.no_grad():
+            for conv in self.body:
+                conv.weight.mul_(0.1)
+                conv.weight[:, :, 1, 1] += torch.eye(n_feats)
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
+
+    def _forward(self, x: torch.Tensor, names: Tuple[str, ...]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        h = self.head(x)
+        t = h
+        feats: Dict[str, torch.Tensor] = {}
+        for i, conv in enumerate(self.body, start=1):
+            t = F.relu(conv(t))
+            name = self._taps.get(i)
+            if name in names:
+                feats[name] = t
+        s = self.scale
+        # Sub-pixel channel c*s*s+i lands in output channel c: repeating each input channel s*s
+        # times makes the residual base nearest-neighbour upsampling.
+        out = self.tail(t + h) + x.repeat_interleave(s * s, dim=1)
+        return F.pixel_shuffle(out, s), feats
