@@ -1,30 +1,66 @@
-"""scripts/gpu_run.py: the plan's arithmetic (gpu_plan), its one-line errors, and the --smoke run end to end.
+"""scripts/gpu_run.py: the plans' arithmetic (gpu_plan), the packs a session hands the next
+(gpu_state), the one-line errors, and the --smoke runs end to end.
 
-The smoke run is the GPU session in miniature on the CPU (tiny models, Set5 as training data),
-stopped by --call-minutes part-way and finished with --resume, as a device call's limit would.
+A smoke run is the GPU session in miniature on the CPU (tiny models, Set5 as training data),
+stopped by --call-minutes part-way and finished with --resume, as a device call's limit would;
+paper 2's is resumed on a "fresh machine" (an empty --work and only what a session carries),
+and one of its students is bundled into a zoo and run by `srkd upscale --model`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
+import shutil
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+from srkd_cli import zoo as zoo_mod
 from srkd_cli.checkpoint import load_checkpoint
+from srkd_cli.errors import ConfigError
+from srkd_cli.training import TrainConfig, train
 from srkd_cli.training import gpu_plan as gp
+from srkd_cli.training import gpu_state as gs
+from srkd_cli.zoo import Zoo
+from srkd_cli.zoo.naming import check_bundle_name
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_run.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_run.py"
+SET5_HR = ROOT / "tests" / "data" / "Set5" / "HR"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
 def gpu_run():
-    spec = importlib.util.spec_from_file_location("gpu_run", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("gpu_run", SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def bundle_model():
+    return _load("bundle_model", ROOT / "scripts" / "bundle_model.py")
+
+
+def weights_of(st: dict, dest: Path, *outs: Path) -> Path:
+    """A stage's weights, out of the models pack its record names, from whichever --out holds it."""
+    for out in outs:
+        found = gs.find_weights(out, st["name"], st.get("returned_in"))
+        if found is not None and (out / st["returned_in"]).is_file():
+            with zipfile.ZipFile(found[0]) as z:
+                return Path(z.extract(found[1], dest / out.name))
+    raise AssertionError(f"{st['name']}: no weights in {outs}")
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic
@@ -117,6 +153,18 @@ def test_report_table():
         (["--compile", "maybe"], "invalid choice"),
         (["--minutes", "1", "--probe-minutes", "1"], "leave no time"),
         (["--report", "/no/such/summary.json"], "not a readable gpu_run summary"),
+        (["--plan", "paper3"], "invalid choice"),
+        (["--plan", "paper2", "--scales", "2,5"], "--scales 2,5: 5 is not one of 2, 3, 4"),
+        (["--plan", "paper2", "--students", "4"], "--students 4: 4 is not one of 1, 2, 3"),
+        (["--plan", "paper2", "--students", "x"], "'x' is not a whole number"),
+        (["--plan", "paper2", "--shares", "swinir-s3-x2=0.1"], "a twin trains its KD student's steps; set the share of swinir-s3-kd-x2"),
+        (["--plan", "paper2", "--shares", "edsr-t-x2=0.1"], "expected STAGE=FRACTION with STAGE one of swinir4-srkd-x2"),
+        (["--plan", "paper2", "--alpha", "1.5"], "--alpha 1.5: must lie in [0, 1]"),
+        (["--plan", "paper2", "--p2-teacher", "bsrn-x{scale}"], "only {s} (the scale) may stand in braces"),
+        (["--resume", "/no/such/run"], "--resume /no/such/run: no such folder or file"),
+        (["--evaluate", "/no/such/run"], "--evaluate /no/such/run: holds no summary.json"),
+        (["--pack-mb", "0"], "--pack-mb 0.0: must be positive"),
+        (["--carry-check", "/no/such/run", "--data", "/no/such/data"], "--carry-check: /no/such/data: no such folder"),
     ],
 )
 def test_bad_options_are_one_line(gpu_run, capsys, argv, message):
@@ -131,7 +179,7 @@ def test_bad_options_are_one_line(gpu_run, capsys, argv, message):
 def test_smoke_run_stops_and_resumes(gpu_run, tmp_path, capsys):
     out1, out2, work = tmp_path / "out1", tmp_path / "out2", tmp_path / "work"
     # First "device call": stopped cleanly by --call-minutes part-way through the plan.
-    assert gpu_run.main(["--smoke", "--minutes", "0.5", "--call-minutes", "0.2", "--out", str(out1), "--work", str(work)]) == 0
+    assert gpu_run.main(["--smoke", "--minutes", "0.4", "--call-minutes", "0.2", "--out", str(out1), "--work", str(work)]) == 0
     first = json.loads((out1 / "summary.json").read_text())
     assert first["format"] == gpu_run.FORMAT and not first["complete"]
     assert set(first["probe"]["archs"]) == {"edsr-t", "squeezesr", "swinir"}
@@ -142,23 +190,23 @@ def test_smoke_run_stops_and_resumes(gpu_run, tmp_path, capsys):
     capsys.readouterr()
 
     # Second call: a fresh, empty --out (the device tool empties $OUT); --resume finishes the plan.
-    assert gpu_run.main(["--smoke", "--minutes", "0.5", "--resume", "--out", str(out2), "--work", str(work)]) == 0
+    assert gpu_run.main(["--smoke", "--minutes", "0.4", "--resume", "--out", str(out2), "--work", str(work)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["complete"] and summary["invocations"] == 2
-    assert summary["elapsed_s"] <= 0.5 * 60 + 30  # the budget held, give or take one stage's set-up
+    assert summary["elapsed_s"] <= 0.4 * 60 + 30  # the budget held, give or take one stage's set-up
     stages = {s["name"]: s for s in summary["stages"]}
     assert list(stages) == list(gp.STAGES)
     assert all(s["status"] in ("done", "stopped", "skipped") for s in stages.values())
     assert stages["edsr-t-x2"]["status"] in ("done", "stopped")
     files = sorted(p.name for p in out2.iterdir())
     assert len(files) <= 8  # what the device tool returns at most
-    assert {"summary.json", "gpu_run.log"} <= set(files)
+    assert {"summary.json", "gpu_run.log", "resume.zip"} <= set(files)
     for st in stages.values():
         if st["status"] == "skipped":
             continue
-        assert st["weights"] in files and "Set5" in st["eval"] and st["eval"]["Set5"]["psnr_y"] > 10
-        lm = load_checkpoint(out2 / st["weights"])
+        assert st["weights"] == f"{st['name']}.safetensors" and "Set5" in st["eval"] and st["eval"]["Set5"]["psnr_y"] > 10
+        lm = load_checkpoint(weights_of(st, tmp_path / "got", out1, out2))
         assert (lm.spec.name, lm.scale) == (st["arch"], st["scale"])
         assert st["compile"] is False and st["compile_reason"].startswith("eager: not on CUDA")
         if st["kd"]:
@@ -170,3 +218,257 @@ def test_smoke_run_stops_and_resumes(gpu_run, tmp_path, capsys):
     assert gpu_run.main(["--report", str(out2 / "summary.json")]) == 0
     table = capsys.readouterr().out
     assert "| edsr-t x2 | 4 x 16 |" in table and "| squeezesr-kd-x4 |" in table
+
+
+# ---------------------------------------------------------------------------------------------- paper 2
+
+
+def test_paper2_plan_names_and_shares():
+    stages = gp.paper2_stages()
+    names = [s.name for s in stages]
+    assert names[:7] == ["swinir4-srkd-x2", "swinir-s3-kd-x2", "swinir-s3-x2", "swinir-s2-kd-x2", "swinir-s2-x2",
+                         "swinir-s1-kd-x2", "swinir-s1-x2"]
+    assert len(stages) == 21 and names[7] == "swinir4-srkd-x3" and names[14] == "swinir4-srkd-x4"
+    by = {s.name: s for s in stages}
+    assert by["swinir4-srkd-x3"].init == "swinir4-srkd-x2" and by["swinir4-srkd-x2"].init is None
+    assert by["swinir4-srkd-x4"].init == "swinir4-srkd-x3"  # x2's body, trained further at x3
+    kd, twin = by["swinir-s2-kd-x4"], by["swinir-s2-x4"]
+    assert (kd.role, kd.blocks, kd.teacher, kd.from_teacher) == ("kd", 2, "swinir4-srkd-x4", True)
+    assert (twin.role, twin.init, twin.init_required, twin.twin_of, twin.teacher) == ("twin", "swinir4-srkd-x4", True, kd.name, None)
+    shares = gp.default_shares(stages)
+    assert math.isclose(sum(shares.values()), 1.0) and "swinir-s2-x4" not in shares  # twins ride on their student's share
+    assert max(shares, key=shares.get) == "swinir4-srkd-x2"
+    both = gp.plan_stages("all")
+    assert [s.name for s in both][:6] == list(gp.STAGES) and len(both) == 27
+    assert math.isclose(sum(gp.default_shares(both).values()), 2.0)  # each paper gets half
+    small = gp.paper2_stages(scales=(4,), students=(1,))
+    assert [s.name for s in small] == ["swinir4-srkd-x4", "swinir-s1-kd-x4", "swinir-s1-x4"] and small[0].init is None
+    assert gp.p2_teacher_name(3) == "swinir4-srkd-x3" and gp.p2_student_name(1, 2, False) == "swinir-s1-x2"
+
+
+def test_paper2_rates_and_pair_split():
+    assert math.isclose(gp.swinir_rate(10.0, 4, 4), 10.0)
+    assert math.isclose(gp.swinir_rate(10.0, 4, 1), 1 / (0.1 * 0.15 + 0.1 * 0.85 / 4))
+    assert gp.swinir_rate(0.0, 4, 1) == 0.0
+    kd_s, twin_s = gp.pair_split(90.0, 10.0, 20.0)  # a KD step costs twice a twin's: the same steps each
+    assert math.isclose(kd_s, 60.0) and math.isclose(twin_s, 30.0) and math.isclose(kd_s * 10, twin_s * 20)
+    assert gp.pair_split(10.0, 0.0, 5.0) == (5.0, 5.0)
+    assert math.isclose(gp.twin_seconds(100, 10.0, 0.5), 20.0) and gp.twin_seconds(100, 0.0, 0.5) == 0.0
+
+
+def test_paper2_report_compares_students_with_twins_and_teacher():
+    ev = lambda s5, u: {"Set5": {"psnr_y": s5}, "Urban100": {"psnr_y": u}}  # noqa: E731
+    summary = {"stages": [
+        {"name": "swinir4-srkd-x2", "paper": 2, "role": "teacher", "scale": 2, "blocks": 4, "status": "done", "eval": ev(37.5, 31.0)},
+        {"name": "swinir-s3-kd-x2", "paper": 2, "role": "kd", "scale": 2, "blocks": 3, "status": "done", "eval": ev(37.47, 30.96)},
+        {"name": "swinir-s3-x2", "paper": 2, "role": "twin", "scale": 2, "blocks": 3, "status": "done", "eval": ev(37.4, 30.9)},
+        {"name": "swinir-s1-kd-x2", "paper": 2, "role": "kd", "scale": 2, "blocks": 1, "status": "done", "eval": {"Set5": {"psnr_y": 36.9}}},
+    ]}
+    rows = {(r["blocks"], r["set"]): r for r in gp.p2_comparison(summary)}
+    assert math.isclose(rows[(3, "Set5")]["kd_minus_twin"], 0.07) and math.isclose(rows[(3, "Urban100")]["kd_minus_teacher"], -0.04)
+    assert rows[(1, "Set5")]["twin"] is None and rows[(1, "Set5")]["kd_minus_twin"] is None
+    text = gp.report(summary)
+    assert "Set5 PSNR-Y | Set14 PSNR-Y | Urban100 PSNR-Y |" in text
+    assert "| x2 | 3 | Urban100 | 31.00 | 30.96 | 30.90 | 0.060 | -0.040 |" in text
+    assert "| x2 | 1 | Set5 | 37.50 | 36.90 | - | - | -0.600 |" in text
+
+
+def _tiny_state(tmp_path: Path) -> Path:
+    train(TrainConfig(arch="squeezesr", scale=2, data=[SET5_HR], out=tmp_path / "run", steps=3, batch=2, patch=12,
+                      arch_config={"n_feats": 8, "squeeze": 4, "expand1x1": 4}, val_every=0, log_every=1,
+                      device="cpu", quiet=True, threads=1))
+    return tmp_path / "run" / "state.pt"
+
+
+def test_compact_state_halves_and_restores(tmp_path):
+    path = _tiny_state(tmp_path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    packed = torch.load(io.BytesIO(gs.state_bytes(path)), map_location="cpu", weights_only=True)
+    assert {v.dtype for v in packed["model"].values()} == {torch.float16} and packed["compacted"]
+    assert {v.dtype for v in packed["ema"].values()} == {torch.float16}
+    moments = [s for s in packed["optimizer"]["state"].values()]
+    assert {m["exp_avg"].dtype for m in moments} == {m["exp_avg_sq"].dtype for m in moments} == {torch.bfloat16}
+    assert all(m["step"].dtype == s["step"].dtype for m, s in zip(moments, state["optimizer"]["state"].values()))
+    back = gs.expand_state(packed)
+    for k, v in state["model"].items():
+        assert back["model"][k].dtype == torch.float32 and torch.allclose(back["model"][k], v, rtol=1e-3, atol=1e-4)
+    for m, s in zip(back["optimizer"]["state"].values(), state["optimizer"]["state"].values()):
+        assert torch.allclose(m["exp_avg_sq"], s["exp_avg_sq"], rtol=1e-2, atol=1e-12)
+        assert torch.allclose(m["exp_avg"], s["exp_avg"], rtol=1e-2, atol=1e-9)
+    assert back["rng"]["torch"].equal(state["rng"]["torch"]) and back["step"] == state["step"] == 3
+    # Smaller levels: Adam's first moment restarts from zero, then the raw weights from the EMA.
+    def tensor_bytes(st):
+        opt = [v for s in st["optimizer"]["state"].values() for v in s.values() if v.dim()]
+        return sum(v.numel() * v.element_size() for v in [*st.get("model", {}).values(), *st["ema"].values(), *opt])
+
+    assert tensor_bytes(packed) * 2 == tensor_bytes(state)  # (a tiny model's file is mostly pickle's overhead)
+    sizes = [len(gs.state_bytes(path, level)) for level in range(3)]
+    assert path.stat().st_size > sizes[0] > sizes[1] > sizes[2]
+    one = gs.expand_state(gs.compact_state(state, 1))
+    assert all(not m["exp_avg"].any() and m["exp_avg_sq"].dtype == torch.float32 for m in one["optimizer"]["state"].values())
+    two = gs.compact_state(state, 2)
+    assert "model" not in two and two["compacted"]["left_out"] == ["exp_avg", "model"]
+    two = gs.expand_state(two)
+    assert all(torch.equal(two["model"][k], two["ema"][k]) for k in two["ema"])
+
+
+def test_pack_round_trip_and_refusals(tmp_path):
+    path = _tiny_state(tmp_path)
+    pack = tmp_path / "resume.zip"
+    gs.write_zip(pack, {"summary.json": b'{"format": "x"}', "runs/s/state.pt": gs.state_bytes(path),
+                        "weights/t.safetensors": tmp_path / "run" / "final.safetensors"})
+    work = tmp_path / "work"
+    assert gs.unpack(pack, work) == ["s"] and gs.read_pack_summary(pack) == {"format": "x"}
+    assert (work / "summary.json").is_file() and (work / "weights" / "t.safetensors").is_file()
+    assert torch.load(work / "s" / "state.pt", weights_only=True)["model"]["head.weight"].dtype == torch.float32
+    evil = tmp_path / "evil.zip"
+    gs.write_zip(evil, {"../outside.txt": b"x"})
+    with pytest.raises(ConfigError, match="not a member name"):
+        gs.unpack(evil, work)
+    (tmp_path / "bad.zip").write_bytes(b"no zip")
+    with pytest.raises(ConfigError, match="not a readable gpu_run resume pack"):
+        gs.read_pack_summary(tmp_path / "bad.zip")
+    assert gs.split_parts([("a", 10), ("b", 10), ("c", 5), ("big", 50), ("d", 1)], limit=20) == [["a", "b"], ["c"], ["big"], ["d"]]
+    assert gs.part_name(3, 1) == "models-3.zip" and gs.part_name(3, 2) == "models-3-2.zip"
+    half = gs.half_weights(tmp_path / "run" / "final.safetensors")
+    (tmp_path / "h.safetensors").write_bytes(half)
+    lm = load_checkpoint(tmp_path / "h.safetensors")
+    assert lm.spec.name == "squeezesr" and "provenance" in lm.metadata  # the metadata travels with the halves
+
+
+def test_bundle_names_cannot_pass_for_the_official_teacher():
+    kd = {"teacher": "runs/gpu-run/weights/swinir4-srkd-x2.safetensors", "recipe": "paper2-alpha-kd", "alpha": 0.75}
+    check_bundle_name("swinir-s3-kd-x2", "swinir", 2, {"blocks": 3}, kd)
+    check_bundle_name("swinir-s3-x2", "swinir", 2, {"blocks": 3}, {"recipe": "l1"})
+    check_bundle_name("swinir4-srkd-x4", "swinir", 4, {"blocks": 4}, {"recipe": "l1"})
+    check_bundle_name("squeezesr-kd-x2", "squeezesr", 2, {}, {"teacher": "edsr-t-x2", "recipe": "paper1-feature-kd"})
+    bad = [
+        ("swinir4-x2", "swinir", 2, {"blocks": 4}, {}, "names the official SwinIR-light release"),
+        ("swinir3-x2", "swinir", 2, {"blocks": 3}, kd, "names the official SwinIR-light release"),
+        ("swinir-s3-kd-x4", "swinir", 2, {"blocks": 3}, kd, "these weights upscale x2, so the name ends in -x2"),
+        ("swinir-s2-kd-x2", "swinir", 2, {"blocks": 3}, kd, "names a SwinIR with 2 RSTBs, these weights are swinir with blocks=3"),
+        ("swinir-s3-x2", "swinir", 2, {"blocks": 3}, kd, "e.g. swinir-s3-kd-x2"),
+        ("swinir-s3-kd-x2", "swinir", 2, {"blocks": 3}, {"recipe": "l1"}, "e.g. swinir-s3-x2"),
+        ("my-swinir-x2", "swinir", 2, {"blocks": 3}, {}, "a SwinIR trained by srkd is named swinir4-srkd-x2"),
+        ("imdn-x2", "imdn", 2, {}, {}, "the zoo's entry for official weights"),
+        ("Bad Name-x2", "squeezesr", 2, {}, {}, "lower-case letters"),
+    ]
+    for name, arch, scale, config, prov, words in bad:
+        with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            check_bundle_name(name, arch, scale, config, prov, unbundled=["imdn-x2", "swinir4-x2"])
+
+
+def test_swinir_learns_another_architectures_output_only():
+    from srkd_cli.archs import build_model
+    from srkd_cli.training.recipes import FeatureKD, make_distill_recipe
+
+    swin = build_model("swinir", 2, blocks=1, embed_dim=12, depth=2, num_heads=2, window_size=4)
+    teacher = build_model("squeezesr", 2, n_feats=8, squeeze=4, expand1x1=4)
+    with pytest.raises(ConfigError, match="learns only its output; give --out-weight > 0"):
+        make_distill_recipe("swinir", swin, "squeezesr", teacher)
+    recipe = make_distill_recipe("swinir", swin, "squeezesr", teacher, out_weight=0.5)
+    assert isinstance(recipe, FeatureKD) and recipe.name == "output-kd" and recipe.pairs == [] and recipe.beta == 0.0
+    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
+    total, parts = recipe(lambda x: (swin(x), {}), lr, hr)
+    assert set(parts) == {"l1", "kd_out"} and torch.isclose(total, parts["l1"] + 0.5 * parts["kd_out"])
+
+
+def _small_val(tmp_path: Path) -> Path:
+    """Two Set5 crops: evaluation that takes a fraction of a second per tiny model."""
+    val = tmp_path / "val" / "HR"
+    val.mkdir(parents=True)
+    for f in sorted(SET5_HR.iterdir())[:2]:
+        Image.open(f).convert("RGB").crop((0, 0, 96, 96)).save(val / f"{f.stem}.png")
+    return val.parent
+
+
+def test_paper2_smoke_resumes_on_a_fresh_machine_and_bundles(gpu_run, bundle_model, tmp_path, capsys, monkeypatch, run_cli):
+    """The whole paper-2 plan in miniature (x2 and x4, a 3-RSTB student and its twin) over two "sessions":
+    the first stopped by its call limit inside the teacher, the second on an empty --work with only what a
+    session carries (resume.zip, summary.json); then a student bundled into a zoo and run by name."""
+    t0 = time.monotonic()
+    val = _small_val(tmp_path)
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    common = ["--val", str(val)]
+    # --pack-mb below any state: the pack falls to its smallest level (raw weights from the EMA on resume) and says so.
+    assert gpu_run.main(["--smoke", "--plan", "paper2", "--scales", "2,4", "--students", "3", "--minutes", "0.6",
+                         "--call-minutes", "0.2", "--probe-minutes", "0.03", "--pack-mb", "0.01", "--out", str(out1),
+                         "--work", str(tmp_path / "work1"), *common]) == 0
+    first = json.loads((out1 / "summary.json").read_text())
+    assert not first["complete"] and first["plan"] == "paper2" and set(first["probe"]["archs"]) == {"swinir"}
+    teacher1 = first["stages"][0]
+    assert teacher1["name"] == "swinir4-srkd-x2" and teacher1["status"] == "paused" and teacher1["steps"] > 0
+    assert first["resume_pack"]["states"] == ["swinir4-srkd-x2"] and first["resume_pack"]["level"] == 2
+    assert "STILL OVER" in (out1 / "gpu_run.log").read_text()
+    with zipfile.ZipFile(out1 / "resume.zip") as z:
+        state = torch.load(io.BytesIO(z.read("runs/swinir4-srkd-x2/state.pt")), weights_only=True)
+    assert state["step"] == teacher1["steps"] and state["compacted"]["left_out"] == ["exp_avg", "model"]
+    assert sorted(p.name for p in out1.iterdir()) == ["gpu_run.log", "models-1.zip", "resume.zip", "summary.json"]
+
+    # The next session: a fresh machine, carrying what the device tool's `carry` brings.
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for f in ("resume.zip", "summary.json"):
+        shutil.copy(out1 / f, carried / f)
+    assert gpu_run.main(["--resume", str(carried), "--out", str(out2), "--work", str(tmp_path / "work2"), *common]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out2 / "summary.json").read_text())
+    assert summary["complete"] and summary["invocations"] == 2 and summary["settings"]["scales"] == [2, 4]
+    assert "training states of swinir4-srkd-x2 restored" in printed and "resuming at its state.pt" in printed
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert list(stages) == ["swinir4-srkd-x2", "swinir-s3-kd-x2", "swinir-s3-x2", "swinir4-srkd-x4", "swinir-s3-kd-x4", "swinir-s3-x4"]
+    assert stages["swinir4-srkd-x2"]["steps"] > teacher1["steps"]
+    got = tmp_path / "got"
+    for s in (2, 4):
+        teacher, kd, twin = (stages[n] for n in (f"swinir4-srkd-x{s}", f"swinir-s3-kd-x{s}", f"swinir-s3-x{s}"))
+        assert all(st["status"] in ("done", "stopped") and st["eval"]["val"]["psnr_y"] > 5 for st in (teacher, kd, twin))
+        assert twin["steps"] == kd["steps"] and twin["steps_planned"] == kd["steps_planned"]  # same steps, same schedule
+        lm_kd, lm_twin = (load_checkpoint(weights_of(st, got, out1, out2)) for st in (kd, twin))
+        p_kd, p_twin = (json.loads(lm.metadata["provenance"]) for lm in (lm_kd, lm_twin))
+        assert lm_kd.config["blocks"] == lm_twin.config["blocks"] == 3
+        assert p_kd["recipe"] == "paper2-alpha-kd" and p_kd["alpha"] == 0.75 and p_kd["init_from_teacher"]
+        assert p_twin["recipe"] == "l1" and p_twin["teacher"] is None
+        # The same start: the student from its teacher's file, the twin from the very same file.
+        assert Path(p_kd["teacher"]).name == Path(p_twin["init"]).name == f"swinir4-srkd-x{s}.safetensors"
+        assert p_kd["teacher_sha256"] == p_twin["init_sha256"]
+    assert Path(stages["swinir4-srkd-x4"]["init"]).name == "swinir4-srkd-x2.safetensors"  # x4 from x2's body
+    assert "| x4 | 3 | val |" in printed
+
+    # Bundled under its srkd name, the student runs by name; the official teacher's name is refused.
+    student = weights_of(stages["swinir-s3-kd-x2"], got, out1, out2)
+    assert bundle_model.main([str(student), "swinir4-x2", "--data", str(val), "--weights-dir", str(tmp_path / "zoo")]) == 2
+    err = capsys.readouterr().err
+    assert "names the official SwinIR-light release" in err and err.count("\n") == 1
+    assert bundle_model.main([str(student), "swinir-s3-kd-x2", "--data", str(val),
+                              "--weights-dir", str(tmp_path / "zoo" / "weights")]) == 0
+    entry = capsys.readouterr().out
+    assert entry.startswith('[models."swinir-s3-kd-x2"]') and "config = { blocks = 3," in entry and "recipe paper2-alpha-kd" in entry
+    (tmp_path / "zoo" / "weights.toml").write_text(entry)
+    zoo = Zoo.from_file(tmp_path / "zoo" / "weights.toml", bundled_dir=tmp_path / "zoo" / "weights")
+    monkeypatch.setattr(zoo_mod, "get_zoo", lambda: zoo)
+    image = tmp_path / "in.png"
+    Image.open(val / "HR" / "baby.png").crop((0, 0, 40, 32)).save(image)
+    code, _, err = run_cli("upscale", str(image), "--model", "swinir-s3-kd-x2", "-o", str(tmp_path / "up.png"),
+                           "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert Image.open(tmp_path / "up.png").size == (80, 64)
+    print(f"paper-2 smoke test: {time.monotonic() - t0:.1f} s")  # measured: docs/training.md
+
+
+def test_paper2_teacher_learns_a_given_models_output(gpu_run, tmp_path):
+    """--p2-teacher: the SwinIR teacher's L1 plus L1 to another model's cached output (here a tiny SqueezeSR)."""
+    from srkd_cli.archs import build_model
+    from srkd_cli.checkpoint import save_checkpoint
+
+    cfg = {"n_feats": 8, "squeeze": 4, "expand1x1": 4}
+    save_checkpoint(tmp_path / "sq-x2.safetensors", build_model("squeezesr", 2, **cfg), "squeezesr", cfg)
+    out = tmp_path / "out"
+    assert gpu_run.main(["--smoke", "--plan", "paper2", "--scales", "2", "--students", "none", "--minutes", "0.25",
+                         "--probe-minutes", "0.03",
+                         "--p2-teacher", str(tmp_path / "sq-x{s}.safetensors"), "--val", str(_small_val(tmp_path)),
+                         "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    st = json.loads((out / "summary.json").read_text())["stages"][0]
+    assert st["name"] == "swinir4-srkd-x2" and st["status"] in ("done", "stopped")
+    prov = json.loads(load_checkpoint(weights_of(st, tmp_path / "got", out)).metadata["provenance"])
+    assert (prov["recipe"], prov["out_weight"], prov["teacher_cache"]) == ("output-kd", 0.5, "ram")
+    assert prov["teacher"].endswith("sq-x2.safetensors")
