@@ -8,7 +8,6 @@ official tensors (checked here); the command-line eval of an official file runs 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -146,30 +145,3 @@ def test_zoo_entry_is_bundled_with_its_upstream_provenance(scale):
     a = load_checkpoint(bundled_file).model.state_dict()
     b = torch.load(official, map_location="cpu", weights_only=True)["params"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_distill_from_bsrn_through_the_zoo_with_no_other_flag(env, hub, monkeypatch, tmp_path, run_cli):
-    """`srkd distill --teacher bsrn-x2 --student squeezesr --scale 2`: downloaded, checked, distilled."""
-    from srkd_cli import zoo as zoo_mod
-
-    data = teacher_file(2).read_bytes()
-    hub.add_file("net_g_BSRN_x2.pth", data)
-    packaged = zoo_mod.DEFAULT_TOML.read_text()
-    block = re.search(r'\[models\."bsrn-x2"\].*?\n\]\n', packaged, re.S).group(0)
-    # the test zoo's bundled folder is empty: the url source, i.e. the real download, is what resolves
-    block = block.replace("https://github.com/xiaom233/BSRN/raw/main/experiments/pretrained_models", hub.url + "/files")
-    zoo = write_zoo(env, block)
-    monkeypatch.setattr(zoo_mod, "get_zoo", lambda: zoo)
-
-    code, _, err = run_cli(
-        "distill", "--teacher", "bsrn-x2", "--student", "squeezesr", "--scale", "2",
-        "--data", Path(__file__).parent / "data" / "Set5" / "HR", "--steps", "2", "--batch", "2", "--patch", "16",
-        "--out", tmp_path / "run", "--device", "cpu", "--quiet",
-    )
-    assert code == 0, err
-    assert hub.requests("GET", "/files/net_g_BSRN_x2.pth")
-    lm = load_checkpoint(tmp_path / "run" / "final.safetensors")
-    prov = json.loads(lm.metadata["provenance"])
-    assert prov["teacher"] == "bsrn-x2" and prov["teacher_sha256"] == sha256_file(teacher_file(2))
-    assert prov["pairs"] == [["S1", "T1"], ["S2", "T2"], ["S3", "T3"]]
-    assert lm.config["blocks"] == 3

@@ -3,7 +3,6 @@ published Set5 figures, and serve as a teacher through the zoo's real download p
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -96,31 +95,3 @@ def test_packaged_zoo_points_at_the_official_files(scale):
         pass
     if path.is_file():
         assert src.sha256 == sha256_file(path)
-
-
-def test_distill_from_imdn_through_the_zoo_with_no_other_flag(env, hub, monkeypatch, tmp_path, run_cli):
-    """`srkd distill --teacher imdn-x2 --student squeezesr --scale 2`: downloaded, checked, distilled."""
-    from srkd_cli import zoo as zoo_mod
-
-    data = teacher_file(2).read_bytes()
-    hub.add_file("IMDN_x2.pth", data)
-    packaged = zoo_mod.DEFAULT_TOML.read_text()
-    block = re.search(r'\[models\."imdn-x2"\].*?\n\]\n', packaged, re.S).group(0)
-    block = block.replace("https://github.com/Zheng222/IMDN/raw/master/checkpoints", hub.url + "/files")
-    zoo = write_zoo(env, block)
-    monkeypatch.setattr(zoo_mod, "get_zoo", lambda: zoo)
-
-    code, _, err = run_cli(
-        "distill", "--teacher", "imdn-x2", "--student", "squeezesr", "--scale", "2",
-        "--data", Path(__file__).parent / "data" / "Set5" / "HR", "--steps", "2", "--batch", "2", "--patch", "12",
-        "--out", tmp_path / "run", "--device", "cpu", "--quiet",
-    )
-    assert code == 0, err
-    assert hub.requests("GET", "/files/IMDN_x2.pth")
-    lm = load_checkpoint(tmp_path / "run" / "final.safetensors")
-    import json
-
-    prov = json.loads(lm.metadata["provenance"])
-    assert prov["teacher"] == "imdn-x2" and prov["teacher_sha256"] == sha256_file(teacher_file(2))
-    assert prov["pairs"] == [["S1", "T1"], ["S2", "T2"], ["S3", "T3"]]
-    assert lm.config["blocks"] == 3

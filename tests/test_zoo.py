@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 
 import srkd_cli
 from srkd_cli import zoo as zoo_mod
+from srkd_cli.checkpoint import load_checkpoint
 from srkd_cli.errors import CheckpointError, ConfigError, ModelNotFoundError
 from srkd_cli.zoo import Zoo, get_zoo, sha256_file
 from srkd_cli.zoo import download as zoo_download
@@ -492,3 +494,34 @@ def test_distill_and_upscale_resolve_zoo_names_with_no_other_flag(env, hub, monk
     code, _, err = run_cli("upscale", data / "0.png", "-o", out, "--model", "swinir-s3-kd-x2", "--device", "cpu", "--quiet")
     assert code == 0, err
     assert Image.open(out).size == (80, 80)
+
+
+@pytest.mark.parametrize("name,filename,upstream", [
+    ("imdn-x2", "IMDN_x2.pth", "https://github.com/Zheng222/IMDN/raw/master/checkpoints"),
+    ("bsrn-x2", "net_g_BSRN_x2.pth", "https://github.com/xiaom233/BSRN/raw/main/experiments/pretrained_models"),
+])
+def test_distill_from_a_published_teacher_through_the_zoo_with_no_other_flag(name, filename, upstream, env, hub, monkeypatch,
+                                                                             tmp_path, run_cli):
+    """`srkd distill --teacher NAME --student squeezesr --scale 2`: downloaded, checked, distilled (paper 1's
+    pairs S1..S3 <- T1..T3). The test zoo's bundled folder is empty, so the url source resolves."""
+    from conftest import shared_path
+    from srkd_cli import zoo as zoo_mod
+
+    official = shared_path("teachers", filename)
+    hub.add_file(filename, official.read_bytes())
+    block = re.search(rf'\[models\."{name}"\].*?\n\]\n', zoo_mod.DEFAULT_TOML.read_text(), re.S).group(0)
+    zoo = write_zoo(env, block.replace(upstream, hub.url + "/files"))
+    monkeypatch.setattr(zoo_mod, "get_zoo", lambda: zoo)
+
+    code, _, err = run_cli(
+        "distill", "--teacher", name, "--student", "squeezesr", "--scale", "2",
+        "--data", Path(__file__).parent / "data" / "Set5" / "HR", "--steps", "2", "--batch", "2", "--patch", "16",
+        "--out", tmp_path / "run", "--device", "cpu", "--quiet",
+    )
+    assert code == 0, err
+    assert hub.requests("GET", f"/files/{filename}")
+    lm = load_checkpoint(tmp_path / "run" / "final.safetensors")
+    prov = json.loads(lm.metadata["provenance"])
+    assert prov["teacher"] == name and prov["teacher_sha256"] == sha256_file(official)
+    assert prov["pairs"] == [["S1", "T1"], ["S2", "T2"], ["S3", "T3"]]
+    assert lm.config["blocks"] == 3
