@@ -119,6 +119,8 @@ def bundle(argv: Optional[List[str]]) -> None:
               f"output weight {prov.get('out_weight')}")
            + f"; teacher cache {prov.get('teacher_cache')}."]
           if prov.get("teacher") else []),
+        *([f"Trained re-parameterised (--reparam {prov['reparam']['width']}: {', '.join(prov['reparam']['branches'])}, "
+           "collapsed every step); stored collapsed, the plain architecture."] if prov.get("reparam") else []),
         f"{'Stored in float16.' if args.half else 'Stored in float32.'}",
         '"""',
         "metrics = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in metrics.items()) + " }",

@@ -131,3 +131,17 @@ def test_repsr_starts_near_nearest_neighbour_and_round_trips_through_a_file(tmp_
                            "--backend", "torch")
     assert code == 0, err
     assert Image.open(tmp_path / "out.png").size == (33, 27)
+
+
+def test_repsr_runs_on_the_fast_cpu_backend_with_the_same_output():
+    """Its declared receptive radius makes `--backend auto` cut exact pieces on onnxruntime."""
+    from srkd_cli.backends import pick_backend, prepare
+
+    torch.manual_seed(1)
+    model = _randomised(build_model("repsr", 2, n_feats=8, layers=5), 1).eval()
+    assert pick_backend(model, "cpu") == "onnxruntime"
+    x = torch.rand(1, 3, 300, 200)  # larger than one onnxruntime piece (runtime.tiles.ORT_CPU_TILE)
+    with torch.no_grad():
+        want = model(x)
+        got = prepare(model, "onnxruntime", "cpu", example=x, threads=2)(x)  # 2 threads: pieces with a halo
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-4
