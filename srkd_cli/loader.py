@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 
 from .checkpoint import LoadedModel, load_checkpoint
-from .config import DEFAULT_FAMILY
+from .config import DEFAULT_MODELS
 from .errors import CheckpointError, ConfigError
 
 
@@ -33,7 +33,7 @@ def load_model(
         return load_checkpoint(weights, scale=scale, device=device)
     zoo = get_zoo()
     if model is None:
-        entry = zoo.get(DEFAULT_FAMILY, scale=scale or 4)
+        entry = zoo.get(DEFAULT_MODELS[scale or 4], scale=scale or 4)
     elif Path(model).expanduser().is_file():
         return load_checkpoint(Path(model).expanduser(), scale=scale, device=device)
     else:

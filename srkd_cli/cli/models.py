@@ -9,14 +9,14 @@ import typer
 from rich.table import Table
 
 from .. import zoo
-from ..config import DEFAULT_FAMILY, SCALES
+from ..config import DEFAULT_MODELS
 from . import app
 from .console import table_console
 
 
 def _rows() -> List[Dict[str, Any]]:
     z = zoo.get_zoo()
-    defaults = {f"{DEFAULT_FAMILY}-x{s}" for s in SCALES}
+    defaults = set(DEFAULT_MODELS.values())
     return [{**e.to_dict(), "where": z.where(e.name), "default": e.name in defaults} for e in z.list()]
 
 
