@@ -107,7 +107,7 @@ def test_without_onnxruntime_auto_falls_back_with_one_line(run_cli, tmp_path, se
     src = set5 / "LR_bicubic" / "X2" / "birdx2.png"
     code, out, err = run_cli("upscale", src, "-o", tmp_path / "a.png", "--scale", "2", "--device", "cpu")
     assert code == 0, err
-    assert "with squeezesr-kd-x2" in out and "(torch-opt)" in out  # the default model, named
+    assert "with repsr-x2" in out and "(torch-opt)" in out  # the default model, named
     notes = [ln for ln in err.splitlines() if "onnxruntime is not installed" in ln]
     assert len(notes) == 1 and "Traceback" not in err, err
     code, _, err = run_cli("upscale", src, "-o", tmp_path / "b.png", "--scale", "2", "--device", "cpu", "--precision", "int8")
@@ -198,3 +198,11 @@ def test_the_probe_sees_saturation_on_a_cpu_without_vnni():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "avx512_vnni" in flags or "avx_vnni" in flags:
         assert quantize.u8s8_saturates() is False
+
+
+def test_int8_without_a_model_runs_the_bundled_squeezesr_kd(run_cli, tmp_path, set5, int8_env):
+    """The x2 default (RepSR) has no int8 path: --precision int8 alone takes squeezesr-kd at that scale."""
+    src = set5 / "LR_bicubic" / "X2" / "birdx2.png"
+    code, out, err = run_cli("upscale", src, "-o", tmp_path / "a.png", "--scale", "2", "--device", "cpu", "--precision", "int8")
+    assert code == 0, err
+    assert "with squeezesr-kd-x2" in out and "int8" in out

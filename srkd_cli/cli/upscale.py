@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..atomic import atomic_write
 from ..backends import backend_help, check_backend, pick_backend, prepare
 from ..checkpoint import LoadedModel
-from ..config import SCALES, check_scale, or_list
+from ..config import INT8_DEFAULT_FAMILY, SCALES, check_scale, or_list
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, ModelNotFoundError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
@@ -299,6 +299,9 @@ def _upscale_all(env: DistEnv, tally: Tally, inputs, stdin_file: Optional[Path],
     patterns that matched nothing, the model's scale, the backend run and the model's name."""
     dev = rank_device(env, pick_device(device))
     init_process_group(env, dev)
+    if precision == "int8" and model is None and weights is None:
+        # The default at a scale may have no int8 path (RepSR): the bundled family that has one.
+        model = f"{INT8_DEFAULT_FAMILY}-x{scale or (math.ceil(outscale) if outscale else 4)}"
     lm = _load(model, weights, scale, outscale, dev)
     s = lm.scale
     say = None if (quiet or not env.is_main) else _note
