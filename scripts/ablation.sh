@@ -4,8 +4,9 @@
 #   scripts/ablation.sh SCALE ARM [TIME_LIMIT_S]
 #
 # Runs (or resumes) runs/a{SCALE}-{ARM} through the stages below, each a `--resume` of the one
-# before with a larger --steps, exactly as the earlier p2/p3/p4 runs were made, so those runs are
-# arms too (p{S}-twin = plain, p{S}-kd-o = plain + IMDN output KD). Stopped by TIME_LIMIT_S (or
+# before with a larger --steps, exactly as the earlier p2/p3/p4 runs were made (they named the same
+# start file `--init squeezesr-x{S}`), so those runs are arms too (p{S}-twin = plain, p{S}-kd-o =
+# plain + IMDN output KD). Stopped by TIME_LIMIT_S (or
 # Ctrl-C), rerun the same line to continue. Teacher caches live in $TCACHE (default /work/tcache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +14,22 @@ S=${1:?scale}; ARM=${2:?arm}; LIMIT=${3:-}
 SRKD=${SRKD:-.venv/bin/srkd}
 TCACHE=${TCACHE:-/work/tcache}
 DATA=${DATA:-../shared/data/train}
+# Every arm starts from the SqueezeSR that was bundled when the p2/p3/p4 runs began (re-bundling
+# squeezesr-x* must not move the start of later arms): taken from git at START_COMMIT and checked.
+START_COMMIT=1b72cf9
 case $S in
-  2) C="--patch 48 --lr 2e-4 --init squeezesr-x2"; STAGES="4000 16000" ;;
-  3) C="--patch 40 --lr 5e-4 --init squeezesr-x3"; STAGES="4000 16000" ;;
-  4) C="--patch 32 --lr 2e-4 --init squeezesr-x4"; STAGES="6000 12000" ;;
+  2) C="--patch 48 --lr 2e-4"; STAGES="4000 16000"; SHA=4d17c45ad06fe9c883cf8a61dd4c11c7fe17b8dcff2527a918bcb8e0910b2d59 ;;
+  3) C="--patch 40 --lr 5e-4"; STAGES="4000 16000"; SHA=5752c064eb36acbe8fa8e4397ad82c537b80598cee999f7a93529d84a83061e2 ;;
+  4) C="--patch 32 --lr 2e-4"; STAGES="6000 12000"; SHA=5bdb778460730f02ace117565f68f5e7a39e0b92954c65153d3e5b93150875ef ;;
   *) echo "scale: 2, 3 or 4" >&2; exit 2 ;;
 esac
+INIT=runs/starts/squeezesr-x$S-${SHA:0:8}.safetensors
+if [ ! -f "$INIT" ]; then
+  mkdir -p runs/starts
+  git show "$START_COMMIT:srkd_cli/weights/squeezesr-x$S.safetensors" > "$INIT.tmp" && mv "$INIT.tmp" "$INIT"
+fi
+echo "$SHA  $INIT" | sha256sum -c --quiet - || { echo "$INIT is not the start the arms share" >&2; exit 2; }
+C="$C --init $INIT"
 C="--scale $S --data $DATA --val tests/data/Set5 --batch 16 $C --warmup 100 --val-every 1000 --ckpt-every 500 --log-every 100 --device cpu --seed 5 --threads 1"
 REP="--reparam 64"
 case $ARM in
