@@ -56,3 +56,18 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+def assert_upscale_reproduces_fixture(run_cli, tmp_path: Path, stem: str, weights: Path) -> None:
+    """`srkd upscale` of ../shared/fixtures/{stem}_in.png with `weights` is {stem}_expected.png within 1 grey level."""
+    import numpy as np
+    from PIL import Image
+
+    expected = np.asarray(Image.open(shared_path("fixtures", f"{stem}_expected.png")).convert("RGB"), dtype=int)
+    out = tmp_path / "out.png"
+    code, _, err = run_cli("upscale", shared_path("fixtures", f"{stem}_in.png"), "-o", out, "--weights", weights,
+                           "--device", "cpu", "--backend", "torch", "--quiet")
+    assert code == 0, err
+    got = np.asarray(Image.open(out).convert("RGB"), dtype=int)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1

@@ -11,12 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import shared_path
+from conftest import assert_upscale_reproduces_fixture, shared_path
 from srkd_cli.archs import build_model, count_params, detect_arch
 from srkd_cli.checkpoint import canonical_state_dict, load_checkpoint
 from srkd_cli.zoo import get_zoo, sha256_file
@@ -102,15 +100,7 @@ def test_conformance_fixture_output():
 
 
 def test_upscale_reproduces_the_official_png(tmp_path, run_cli):
-    src = shared_path("fixtures", "bsrn_official_x2_in.png")
-    expected = np.asarray(Image.open(shared_path("fixtures", "bsrn_official_x2_expected.png")).convert("RGB"), dtype=int)
-    out = tmp_path / "out.png"
-    code, _, err = run_cli("upscale", src, "-o", out, "--weights", teacher_file(2), "--device", "cpu",
-                           "--backend", "torch", "--quiet")
-    assert code == 0, err
-    got = np.asarray(Image.open(out).convert("RGB"), dtype=int)
-    assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1
+    assert_upscale_reproduces_fixture(run_cli, tmp_path, "bsrn_official_x2", teacher_file(2))
 
 
 def test_eval_of_the_official_x4_file_gives_the_official_codes_psnr(tmp_path, run_cli, set5):

@@ -6,12 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import shared_path
+from conftest import assert_upscale_reproduces_fixture, shared_path
 from srkd_cli.archs import build_model, count_params, detect_arch
 from srkd_cli.checkpoint import canonical_state_dict, load_checkpoint
 from srkd_cli.zoo import get_zoo, sha256_file
@@ -60,15 +58,7 @@ def test_conformance_fixture_output():
 
 
 def test_upscale_reproduces_the_official_png(tmp_path, run_cli):
-    src = shared_path("fixtures", "imdn_official_x2_in.png")
-    expected = np.asarray(Image.open(shared_path("fixtures", "imdn_official_x2_expected.png")).convert("RGB"), dtype=int)
-    out = tmp_path / "out.png"
-    code, _, err = run_cli("upscale", src, "-o", out, "--weights", teacher_file(2), "--device", "cpu",
-                           "--backend", "torch", "--quiet")
-    assert code == 0, err
-    got = np.asarray(Image.open(out).convert("RGB"), dtype=int)
-    assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1
+    assert_upscale_reproduces_fixture(run_cli, tmp_path, "imdn_official_x2", teacher_file(2))
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
