@@ -950,12 +950,16 @@ class Run:
 
         from srkd_cli.checkpoint import save_checkpoint
         from srkd_cli.training.data import data_fingerprint
+        from srkd_cli.zoo import sha256_file
 
         state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
+        # The teacher is a file this run wrote (or a zoo name, whose file the zoo checks by sha256).
+        teacher_file = Path(cfg.teacher) if cfg.teacher and Path(cfg.teacher).is_file() else None
         prov = {"command": cfg.command, "commands": state.get("commands"), "data": [str(d) for d in cfg.data],
                 "data_fingerprint": data_fingerprint(cfg.data), "steps": result.step, "planned_steps": cfg.steps,
                 "stopped": result.stop_reason, "batch": cfg.batch, "patch": cfg.patch, "seed": cfg.seed,
-                "teacher": cfg.teacher, "init": cfg.init, "init_from_teacher": cfg.init_from_teacher,
+                "teacher": cfg.teacher, "teacher_sha256": sha256_file(teacher_file) if teacher_file else None,
+                "init": cfg.init, "init_from_teacher": cfg.init_from_teacher,
                 "init_sha256": state.get("init_sha256"), "teacher_cache": cfg.teacher_cache, **state["recipe"]}
         return save_checkpoint(run / "partial.safetensors", result.model, state["arch"], state["model_config"], prov)
 
