@@ -945,23 +945,11 @@ class Run:
         self.checkpoint()
 
     def _save_partial(self, result, cfg, run: Path) -> Path:
-        """EMA weights of a stopped run, with the provenance a final.safetensors would carry."""
-        import torch
-
+        """EMA weights of a stopped run, with the trainer's provenance and why it stopped."""
         from srkd_cli.checkpoint import save_checkpoint
-        from srkd_cli.training.data import data_fingerprint
-        from srkd_cli.zoo import sha256_file
 
-        state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
-        # The teacher is a file this run wrote (or a zoo name, whose file the zoo checks by sha256).
-        teacher_file = Path(cfg.teacher) if cfg.teacher and Path(cfg.teacher).is_file() else None
-        prov = {"command": cfg.command, "commands": state.get("commands"), "data": [str(d) for d in cfg.data],
-                "data_fingerprint": data_fingerprint(cfg.data), "steps": result.step, "planned_steps": cfg.steps,
-                "stopped": result.stop_reason, "batch": cfg.batch, "patch": cfg.patch, "seed": cfg.seed,
-                "teacher": cfg.teacher, "teacher_sha256": sha256_file(teacher_file) if teacher_file else None,
-                "init": cfg.init, "init_from_teacher": cfg.init_from_teacher,
-                "init_sha256": state.get("init_sha256"), "teacher_cache": cfg.teacher_cache, **state["recipe"]}
-        return save_checkpoint(run / "partial.safetensors", result.model, state["arch"], state["model_config"], prov)
+        prov = {**result.provenance, "planned_steps": cfg.steps, "stopped": result.stop_reason}
+        return save_checkpoint(run / "partial.safetensors", result.model, result.arch, result.model_config, prov)
 
     def evaluate(self, st: Dict[str, Any], weights: Path) -> None:
         ev = st.setdefault("eval", {})

@@ -301,7 +301,7 @@ def _upscale_all(env: DistEnv, tally: Tally, inputs, stdin_file: Optional[Path],
     init_process_group(env, dev)
     if precision == "int8" and model is None and weights is None:
         # The default at a scale may have no int8 path (RepSR): the bundled family that has one.
-        model = f"{INT8_DEFAULT_FAMILY}-x{scale or (math.ceil(outscale) if outscale else 4)}"
+        model = f"{INT8_DEFAULT_FAMILY}-x{scale or 4}"  # a fractional --scale arrives as the model scale above it
     lm = _load(model, weights, scale, outscale, dev)
     s = lm.scale
     say = None if (quiet or not env.is_main) else _note

@@ -118,6 +118,10 @@ class RunResult:
     teacher: Optional[SRModel] = None
     stop_reason: Optional[str] = None
     warnings: List[str] = field(default_factory=list)  # what the run printed as warnings
+    # What final.safetensors would carry, at the step it stopped: for saving `model` elsewhere.
+    arch: str = ""
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    provenance: Dict[str, Any] = field(default_factory=dict)
 
 
 def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> float:
@@ -706,7 +710,8 @@ class Trainer:
             if stop_reason:
                 progress.message(f"stopped at step {self.step} ({stop_reason}); continue with --resume")
         return RunResult(self.out, self.step, completed, final, best, self.best_psnr, self.last_loss,
-                         self.export_model(), self.recipe.teacher, stop_reason, list(self.warnings))
+                         self.export_model(), self.recipe.teacher, stop_reason, list(self.warnings),
+                         self.spec.name, dict(self.model_config), self.provenance())
 
     def _fill_cache(self, progress: "_Progress") -> None:
         cache = self.teacher_cache
