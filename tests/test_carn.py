@@ -70,7 +70,13 @@ def test_zoo_entries_share_one_official_file():
 def test_distill_squeezesr_from_carn_m(tmp_path):
     from srkd_cli.training import TrainConfig, train
 
-    run = train(TrainConfig(arch="squeezesr", scale=2, data=[DATA / "Set5" / "HR"], out=tmp_path / "run",
+    from PIL import Image
+
+    data = tmp_path / "data"  # two crops: the teacher's whole-image answers cost a fraction of Set5's
+    data.mkdir()
+    for f in sorted((DATA / "Set5" / "HR").iterdir())[:2]:
+        Image.open(f).convert("RGB").crop((0, 0, 96, 96)).save(data / f.name)
+    run = train(TrainConfig(arch="squeezesr", scale=2, data=[data], out=tmp_path / "run",
                             teacher=official(), steps=2, batch=2, patch=12, val_every=0, device="cpu", quiet=True,
                             teacher_cache="ram", out_weight=0.5))
     prov = json.loads(load_checkpoint(run.final).metadata["provenance"])

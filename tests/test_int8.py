@@ -190,7 +190,7 @@ def test_the_probe_sees_saturation_on_a_cpu_without_vnni():
     """The probe's answer on an emulated Haswell (AVX2, no VNNI) and on this CPU, run for real."""
     import subprocess
 
-    code = "from srkd_cli.quantize import u8s8_saturates; print(u8s8_saturates())"
+    code = "from srkd_cli.runtime.u8s8 import u8s8_saturates; print(u8s8_saturates())"
     run = subprocess.run(["qemu-x86_64", "-cpu", "Haswell-noTSX", sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-500:]
