@@ -12,8 +12,6 @@ SCALES = (2, 3, 4)  # the upscaling factors every architecture, the zoo and the 
 DEFAULT_MODELS = {2: "repsr-x2", 3: "squeezesr-kd-x3", 4: "squeezesr-kd-x4"}
 # The architectures of that fast tier, whose bundled models compete for the default.
 FAST_ARCHS = ("squeezesr", "repsr")
-# With --precision int8 and no model named: the bundled family with an int8 path.
-INT8_DEFAULT_FAMILY = "squeezesr-kd"
 
 
 def or_list(items: Sequence[Any]) -> str:

@@ -6,7 +6,7 @@ the PyTorch output to 1e-4 (max abs) before it is written, atomically, with srkd
 (arch, scale, config) inside.
 
 ONNX needs onnx and onnxruntime, core dependencies wherever they publish wheels (pyproject.toml).
-`int8=True` writes SqueezeSR quantised for onnxruntime (`quantize.py`), checked against the fp32
+`int8=True` writes a SqueezeSR or RepSR model quantised for onnxruntime (`quantize.py`), checked against the fp32
 model to `INT8_TOLERANCE` instead.
 """
 
@@ -157,7 +157,7 @@ def export(
 
     `fuse` exports SqueezeSR re-arranged for the format's runtime (archs/fuse.py): for ONNX
     the split residual stream, for TorchScript the merged expands. Same outputs, faster.
-    `int8`: SqueezeSR quantised for onnxruntime (`export_int8`, with `weight_bits`).
+    `int8`: quantised for onnxruntime where the architecture has an int8 form (`export_int8`, with `weight_bits`).
     """
     if int8 and fmt != "onnx":
         raise ConfigError(f"--int8 writes ONNX for onnxruntime, not {fmt}; use --format onnx")

@@ -1,15 +1,20 @@
-"""int8 SqueezeSR for onnxruntime's CPU: static quantisation, calibrated on training crops, cached.
+"""int8 models for onnxruntime's CPU: static quantisation, calibrated on training crops, cached.
 
-A model whose architecture declares an int8 path (`ArchSpec.int8`: SqueezeSR, found by the
-model's class, not its name) is re-parameterised
-(`archs.fuse.reparameterize`: merged expands, no concat), its residual stream equalised (below),
-exported without the pixel shuffle, and quantised by `onnxruntime.quantization.quantize_static`:
-QDQ format, uint8 activations, int8 per-channel weights, Percentile calibration on
-`RECIPE["crops"]` deterministic LR crops. The result runs like the fp32 backend, in cache-sized
-pieces with an exact halo (`runtime.tiles.HaloTiles`: quantised convs pad with the zero point, so
-pieces equal a whole-image call). `backends.check_precision` says, in one line, where int8 cannot run.
+A model whose architecture declares an int8 form (`ArchSpec.int8`, found by the model's class,
+not its name) is turned into that form, a graph stopped before its pixel shuffle, and quantised
+by `onnxruntime.quantization.quantize_static`: QDQ format, uint8 activations, int8 per-channel
+weights, Percentile calibration on `RECIPE["crops"]` deterministic LR crops. The result runs like
+the fp32 backend, in cache-sized pieces with an exact halo (`runtime.tiles.HaloTiles`: quantised
+convs pad with the zero point, so pieces equal a whole-image call). `backends.check_precision`
+says, in one line, where int8 cannot run. The forms:
 
-Why these settings (docs/performance.md has the measurements): QDQ ran faster than QOperator on
+- SqueezeSR (`archs.fuse.int8_form`): re-parameterised (merged expands, no concat) and its
+  residual stream equalised (`RECIPE["equalize"]`, below).
+- RepSR (`archs.repsr.int8_form`): as it is, its nearest-neighbour residual a one-hot 1x1 conv.
+  A plain stack of convs has no stream that every op reads, and lost 0.08 dB on Set5 x2 without
+  any equalisation (docs/performance.md).
+
+Why these settings (docs/performance.md has the measurements; SqueezeSR): QDQ ran faster than QOperator on
 the AVX-512 VNNI CPU measured; the fused graph quantised better and ran faster than the split
 one (whose stream carries `x + h`, a range twice as wide); Percentile beat MinMax and Entropy;
 and equalising the stream (each of its 64 channels scaled by 1 / its calibration max, the
@@ -32,7 +37,6 @@ The quantised graph is cached under `cache_dir()`, keyed by the weights' sha256,
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -45,11 +49,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .archs import halo_radius, spec_for
-from .archs.fuse import reparameterize
 from .atomic import atomic_write
 from .errors import ConfigError, InputError
 from .runtime.graph import onnx_bytes
@@ -75,7 +77,7 @@ INT8_TOLERANCE = 1.5
 def supports_int8(model: nn.Module) -> bool:
     """Whether `model`'s architecture has an int8 path (`ArchSpec.int8`), whatever its name or weights."""
     spec = spec_for(model)
-    return spec is not None and spec.int8
+    return spec is not None and spec.int8 is not None
 
 
 def require_quantization() -> None:
@@ -173,53 +175,6 @@ def calibration_crops(files: Sequence[Path], scale: int, n: int = RECIPE["crops"
 # ----------------------------------------------------------------------------- the graph
 
 
-class FusedSubpixel(nn.Module):
-    """A FusedSqueezeSR stopped before its pixel shuffle, for export (`runtime.ort.OnnxModel` reads
-    `export_metadata` and shuffles, or `HaloTiles` shuffles as it copies)."""
-
-    def __init__(self, fused: nn.Module):
-        super().__init__()
-        self.model, self.scale = fused, fused.scale
-        self.export_metadata = {"subpixel": True, "column_pairs": 1}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        h = m.head(x - m.mean.to(x.dtype))
-        t = h
-        for b in m.body:
-            t = t + F.relu(b.expand(F.relu(b.squeeze(t))))
-        return m.tail[0](t + h)
-
-
-@torch.no_grad()
-def equalize_stream(fused: nn.Module, crops: Sequence[np.ndarray], alpha: float = 1.0) -> nn.Module:
-    """A copy of a FusedSqueezeSR whose residual-stream channel c is scaled by s_c ~ max_c^-alpha
-    (max_c: the channel's largest |value| on `crops`, over every point of the stream), with 1/s_c
-    folded into each conv that reads the stream. Exact in float (ReLU(s*z) = s*ReLU(z) for s > 0);
-    with one 8-bit range per tensor, it evens out how many levels each channel gets."""
-    m = copy.deepcopy(fused).eval()
-    peak = torch.zeros(m.head.out_channels)
-    for c in crops:
-        x = torch.from_numpy(c)
-        h = m.head(x - m.mean)
-        t, points = h, [h]
-        for b in m.body:
-            t = t + F.relu(b.expand(F.relu(b.squeeze(t))))
-            points.append(t)
-        points.append(t + h)
-        peak = torch.maximum(peak, torch.stack([p.abs().amax(dim=(0, 2, 3)) for p in points]).amax(0))
-    s = peak.clamp_min(1e-6) ** (-alpha)
-    s = s / s.log().mean().exp()  # geometric mean 1: weights keep their overall size
-    m.head.weight.mul_(s.view(-1, 1, 1, 1))
-    m.head.bias.mul_(s)
-    for b in m.body:
-        b.squeeze.weight.div_(s.view(1, -1, 1, 1))
-        b.expand.weight.mul_(s.view(-1, 1, 1, 1))
-        b.expand.bias.mul_(s)
-    m.tail[0].weight.div_(s.view(1, -1, 1, 1))
-    return m
-
-
 def weights_sha256(model: nn.Module) -> str:
     """sha256 of the model's class, state-dict names, shapes and values (float32 bytes)."""
     h = hashlib.sha256(type(model).__name__.encode())
@@ -248,7 +203,7 @@ def cache_key(model: nn.Module, files: Sequence[Path], folder: Path, bits: int =
 
 def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional[Dict[str, Any]] = None,
                    bits: int = 8, fmt: str = RECIPE["format"]) -> bytes:
-    """The int8 ONNX graph of a SqueezeSR `model` (RECIPE, weights in `bits` 8 or 7), calibrated on `crops`; uncached.
+    """The int8 ONNX graph of `model` (its `ArchSpec.int8` form; RECIPE, weights in `bits` 8 or 7), calibrated on `crops`; uncached.
 
     `fmt` "qoperator" instead of the recipe's "qdq" exists for scripts/int8_formats.py's comparison.
     """
@@ -258,9 +213,9 @@ def quantize_bytes(model: nn.Module, crops: Sequence[np.ndarray], meta: Optional
     import onnx
     from onnxruntime import quantization as Q
 
-    fused = equalize_stream(reparameterize(model.eval().cpu()), crops, RECIPE["equalize"])
+    form = spec_for(model).int8(model.eval().cpu(), crops, RECIPE)
     meta = {"precision": "int8", "int8_recipe": {**recipe(bits), "format": fmt}, **(meta or {})}
-    proto = onnx.load_from_string(onnx_bytes(FusedSubpixel(fused), meta=meta))
+    proto = onnx.load_from_string(onnx_bytes(form, meta=meta))
 
     class Reader(Q.CalibrationDataReader):
         def __init__(self):
@@ -331,6 +286,6 @@ def int8_runner(model: nn.Module, threads: Optional[int] = None, say=None):
 
 
 __all__ = ["CALIBRATION_ENV", "INT8_TOLERANCE", "RECIPE", "WEIGHT_BITS", "WEIGHT_BITS_ENV", "cache_dir",
-           "calibration_crops", "calibration_files", "equalize_stream", "int8_difference", "int8_onnx_bytes",
+           "calibration_crops", "calibration_files", "int8_difference", "int8_onnx_bytes",
            "int8_runner", "quantize_bytes", "recipe", "require_quantization", "supports_int8", "u8s8_saturates",
            "weight_bits", "weights_sha256"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from torch import nn
 from ..config import SCALES, check_scale
 from ..errors import CheckpointError, ConfigError
 from .base import SRModel
-from . import carn, fuse
+from . import carn, fuse, repsr
 from .bsrn import BSRN
 from .edsr_t import EDSRT
 from .imdn import IMDN
@@ -59,8 +59,9 @@ class ArchSpec:
     # How many input pixels beyond a pixel can change its output, where that is small enough for
     # exact cache-sized pieces to pay (runtime.tiles.HaloTiles); None: wide or input-dependent reach.
     receptive_radius: Optional[Callable[[SRModel], int]] = None
-    # Whether quantize.py has an int8 path for it.
-    int8: bool = False
+    # The int8 path (quantize.py): (model, calibration crops, quantize.RECIPE) -> the module it
+    # quantises, stopped before the pixel shuffle (`export_metadata`); None: no int8 path.
+    int8: Optional[Callable[[SRModel, Sequence[Any], Dict[str, Any]], nn.Module]] = None
     # Whether `--reparam` may train it over-parameterised (archs/reparam.py: plain convs only).
     reparam: bool = False
 
@@ -245,7 +246,7 @@ ARCHS: Dict[str, ArchSpec] = {
             reparameterize=fuse.reparameterize,
             graph_form=fuse.for_graph_runtime,
             receptive_radius=fuse.receptive_radius,
-            int8=True,
+            int8=fuse.int8_form,
             reparam=True,
         ),
         ArchSpec(
@@ -260,6 +261,7 @@ ARCHS: Dict[str, ArchSpec] = {
             train_defaults={"patch": 48, "lr": 1e-3},
             # 5x5 head and tail, one pixel per 3x3 layer: exact pieces pay, so auto runs onnxruntime
             receptive_radius=lambda m: len(m.body) + 4,
+            int8=repsr.int8_form,
             reparam=True,
         ),
         ArchSpec(

@@ -19,7 +19,9 @@ original model. The fused model has no named features (it is not for training).
 from __future__ import annotations
 
 import copy
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -263,3 +265,56 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
 
 __all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "for_graph_runtime",
            "receptive_radius", "reparameterize", "split_stream"]
+
+
+class FusedSubpixel(nn.Module):
+    """A FusedSqueezeSR stopped before its pixel shuffle, for export (`runtime.ort.OnnxModel` reads
+    `export_metadata` and shuffles, or `HaloTiles` shuffles as it copies)."""
+
+    def __init__(self, fused: nn.Module):
+        super().__init__()
+        self.model, self.scale = fused, fused.scale
+        self.export_metadata = {"subpixel": True, "column_pairs": 1}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        h = m.head(x - m.mean.to(x.dtype))
+        t = h
+        for b in m.body:
+            t = t + F.relu(b.expand(F.relu(b.squeeze(t))))
+        return m.tail[0](t + h)
+
+
+@torch.no_grad()
+def equalize_stream(fused: nn.Module, crops: Sequence[np.ndarray], alpha: float = 1.0) -> nn.Module:
+    """A copy of a FusedSqueezeSR whose residual-stream channel c is scaled by s_c ~ max_c^-alpha
+    (max_c: the channel's largest |value| on `crops`, over every point of the stream), with 1/s_c
+    folded into each conv that reads the stream. Exact in float (ReLU(s*z) = s*ReLU(z) for s > 0);
+    with one 8-bit range per tensor, it evens out how many levels each channel gets."""
+    m = copy.deepcopy(fused).eval()
+    peak = torch.zeros(m.head.out_channels)
+    for c in crops:
+        x = torch.from_numpy(c)
+        h = m.head(x - m.mean)
+        t, points = h, [h]
+        for b in m.body:
+            t = t + F.relu(b.expand(F.relu(b.squeeze(t))))
+            points.append(t)
+        points.append(t + h)
+        peak = torch.maximum(peak, torch.stack([p.abs().amax(dim=(0, 2, 3)) for p in points]).amax(0))
+    s = peak.clamp_min(1e-6) ** (-alpha)
+    s = s / s.log().mean().exp()  # geometric mean 1: weights keep their overall size
+    m.head.weight.mul_(s.view(-1, 1, 1, 1))
+    m.head.bias.mul_(s)
+    for b in m.body:
+        b.squeeze.weight.div_(s.view(1, -1, 1, 1))
+        b.expand.weight.mul_(s.view(-1, 1, 1, 1))
+        b.expand.bias.mul_(s)
+    m.tail[0].weight.div_(s.view(1, -1, 1, 1))
+    return m
+
+
+def int8_form(model: nn.Module, crops: Sequence[np.ndarray], recipe: Dict[str, Any]) -> nn.Module:
+    """What quantize.py quantises (`ArchSpec.int8`): fused, its stream equalised with `recipe["equalize"]`
+    on the calibration `crops`, stopped before the pixel shuffle."""
+    return FusedSubpixel(equalize_stream(reparameterize(model), crops, recipe["equalize"]))

@@ -14,7 +14,9 @@ a third, two thirds and the end of the stack (for paper 1's feature recipe).
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +58,32 @@ class RepSR(SRModel):
         # times makes the residual base nearest-neighbour upsampling.
         out = self.tail(t + h) + x.repeat_interleave(s * s, dim=1)
         return F.pixel_shuffle(out, s), feats
+
+
+class RepSRSubpixel(nn.Module):
+    """RepSR stopped before its pixel shuffle, for int8 export (`runtime.ort.OnnxModel` reads
+    `export_metadata` and shuffles). The residual base is a one-hot 1x1 conv, which quantises
+    exactly (weights 1, the input's 8-bit levels), where a channel gather would not quantise at all."""
+
+    def __init__(self, model: RepSR):
+        super().__init__()
+        self.model, self.scale = model, model.scale
+        s2 = model.scale * model.scale
+        base = torch.zeros(3 * s2, 3, 1, 1)
+        for c in range(3):
+            base[c * s2:(c + 1) * s2, c] = 1.0
+        self.register_buffer("base", base)
+        self.export_metadata = {"subpixel": True, "column_pairs": 1}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        h = m.head(x)
+        t = h
+        for conv in m.body:
+            t = F.relu(conv(t))
+        return m.tail(t + h) + F.conv2d(x, self.base.to(x.dtype))
+
+
+def int8_form(model: RepSR, crops: Sequence[np.ndarray], recipe: Dict[str, Any]) -> nn.Module:
+    """What quantize.py quantises (`ArchSpec.int8`); the calibration crops and recipe are not needed."""
+    return RepSRSubpixel(model)

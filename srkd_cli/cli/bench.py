@@ -59,7 +59,7 @@ def bench(
     ),
     precision: List[str] = typer.Option(
         ["fp32"], "--precision", "-p",
-        help="fp32 or int8 (repeatable: both are timed side by side; int8 is SqueezeSR on onnxruntime's CPU).",
+        help="fp32 or int8 (repeatable: both are timed side by side; int8: SqueezeSR and RepSR on onnxruntime's CPU).",
     ),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch, onnxruntime and OpenCV."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (on the CPU: one child process per row)."),

@@ -41,7 +41,7 @@ def eval_(
     save_images: Optional[Path] = typer.Option(None, help="Save outputs as DIR/{dataset}/{model}/{stem}.png."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
     backend: str = typer.Option("auto", "--backend", help=backend_help(upscale=True) + " As `srkd upscale` runs them."),
-    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR on onnxruntime), as `srkd upscale`."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR or RepSR on onnxruntime), as `srkd upscale`."),
 ) -> int:
     """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
     check_scale(scale)

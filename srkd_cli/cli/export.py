@@ -21,7 +21,7 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (17 or newer)."),
     fuse: bool = typer.Option(False, "--fuse", help="Re-parameterise SqueezeSR first (same outputs, fewer ops)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
-    int8: bool = typer.Option(False, "--int8", help="SqueezeSR quantised to int8 for onnxruntime's CPU (approximate: "
+    int8: bool = typer.Option(False, "--int8", help="Quantised to int8 for onnxruntime's CPU, SqueezeSR or RepSR (approximate: "
                                                      "checked to within 1.5 grey levels of fp32 on average)."),
     weight_bits: Optional[str] = typer.Option(
         None, "--weight-bits", help="With --int8: auto (this CPU's best; the default, or $SRKD_INT8_WEIGHT_BITS), 8, or 7 "

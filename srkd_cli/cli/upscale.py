@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..atomic import atomic_write
 from ..backends import backend_help, check_backend, pick_backend, prepare
 from ..checkpoint import LoadedModel
-from ..config import INT8_DEFAULT_FAMILY, SCALES, check_scale, or_list
+from ..config import SCALES, check_scale, or_list
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, ModelNotFoundError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
@@ -139,7 +139,7 @@ def upscale(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A weights file (.safetensors or official .pth)."),
     device: str = typer.Option("auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 (inf/NaN falls back to fp32), or int8 (SqueezeSR "
-                                                "on onnxruntime's CPU, quantised: faster, ~0.15 dB lower; docs/performance.md)."),
+                                                "or RepSR on onnxruntime's CPU, quantised: faster, ~0.1 dB lower; docs/performance.md)."),
     fp32: bool = typer.Option(False, "--fp32", help="Same as --precision fp32 (Real-ESRGAN's spelling)."),
     tile: str = typer.Option("auto", "--tile", "-t", help="Tile edge in input pixels, 'auto' (from free memory) or 'none' (or 0)."),
     tile_overlap: int = typer.Option(32, min=0, help="Overlap between tiles in input pixels."),
@@ -299,9 +299,6 @@ def _upscale_all(env: DistEnv, tally: Tally, inputs, stdin_file: Optional[Path],
     patterns that matched nothing, the model's scale, the backend run and the model's name."""
     dev = rank_device(env, pick_device(device))
     init_process_group(env, dev)
-    if precision == "int8" and model is None and weights is None:
-        # The default at a scale may have no int8 path (RepSR): the bundled family that has one.
-        model = f"{INT8_DEFAULT_FAMILY}-x{scale or 4}"  # a fractional --scale arrives as the model scale above it
     lm = _load(model, weights, scale, outscale, dev)
     s = lm.scale
     say = None if (quiet or not env.is_main) else _note
