@@ -9,7 +9,7 @@ from .errors import ConfigError
 SCALES = (2, 3, 4)  # the upscaling factors every architecture, the zoo and the CLI accept
 # What `srkd upscale` runs when no model is named: at each scale the bundled model that scores
 # highest among those as fast as SqueezeSR or faster (docs/results.md; tests/test_shipped_models.py).
-DEFAULT_MODELS = {2: "repsr-x2", 3: "repsr-x3", 4: "squeezesr-kd-x4"}
+DEFAULT_MODELS = {2: "repsr-x2", 3: "repsr-x3", 4: "repsr-x4"}
 # The architectures of that fast tier, whose bundled models compete for the default.
 FAST_ARCHS = ("squeezesr", "repsr")
 
