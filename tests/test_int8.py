@@ -212,4 +212,4 @@ def test_int8_without_a_model_runs_the_default_repsr(run_cli, tmp_path, set5, in
     assert code == 0, err
     rec = json.loads((tmp_path / "e.json").read_text())[0]
     assert rec["model"] == "repsr-x2 (int8)"
-    assert 37.252 - 0.15 < rec["psnr_y"] < 37.252  # fp32 37.252 (weights.toml)
+    assert 37.295 - 0.15 < rec["psnr_y"] < 37.295  # fp32 37.295 (weights.toml)
