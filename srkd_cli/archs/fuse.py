@@ -14,6 +14,10 @@ The merged expand conv does ~80% more multiply-adds than the 1x1 + 3x3 pair (the
 computed), yet on CPUs it is faster, because the pair's time is spent moving memory, not
 multiplying: see docs/performance.md. MAC counts and floors are always reported for the
 original model. The fused model has no named features (it is not for training).
+
+`int8_form(model, crops, recipe)` is SqueezeSR's int8 path (`ArchSpec.int8`, quantize.py): the
+fused model with its residual stream equalised (`equalize_stream`), stopped before the pixel
+shuffle (`FusedSubpixel`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import copy
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -263,9 +266,6 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
     return FusedSqueezeSR(model, channels_last=channels_last).eval()
 
 
-__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel", "for_graph_runtime",
-           "receptive_radius", "reparameterize", "split_stream"]
-
 
 class FusedSubpixel(nn.Module):
     """A FusedSqueezeSR stopped before its pixel shuffle, for export (`runtime.ort.OnnxModel` reads
@@ -318,3 +318,7 @@ def int8_form(model: nn.Module, crops: Sequence[np.ndarray], recipe: Dict[str, A
     """What quantize.py quantises (`ArchSpec.int8`): fused, its stream equalised with `recipe["equalize"]`
     on the calibration `crops`, stopped before the pixel shuffle."""
     return FusedSubpixel(equalize_stream(reparameterize(model), crops, recipe["equalize"]))
+
+
+__all__ = ["FusedSqueezeBlock", "FusedSqueezeSR", "FusedSubpixel", "PAIR_MAX_CHANNELS", "SplitSqueezeSR", "Subpixel",
+           "equalize_stream", "for_graph_runtime", "int8_form", "receptive_radius", "reparameterize", "split_stream"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,8 +61,8 @@ class RepSR(SRModel):
 
 class RepSRSubpixel(nn.Module):
     """RepSR stopped before its pixel shuffle, for int8 export (`runtime.ort.OnnxModel` reads
-    `export_metadata` and shuffles). The residual base is a one-hot 1x1 conv, which quantises
-    exactly (weights 1, the input's 8-bit levels), where a channel gather would not quantise at all."""
+    `export_metadata` and shuffles). The residual base is a one-hot 1x1 conv: an ordinary conv to
+    the quantiser, and exact in int8 (weights 1 on the input's 8-bit levels)."""
 
     def __init__(self, model: RepSR):
         super().__init__()
