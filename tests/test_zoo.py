@@ -438,7 +438,7 @@ def test_models_command_lists_the_packaged_zoo(env, capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert {"swinir4-x2", "swinir4-x3", "swinir4-x4"} <= set(rows)
     assert rows["swinir4-x2"]["where"] == "remote" and rows["swinir4-x2"]["params"] == 910152
-    assert sorted(n for n, r in rows.items() if r["default"]) == ["repsr-x2", "squeezesr-kd-x3", "squeezesr-kd-x4"]
+    assert sorted(n for n, r in rows.items() if r["default"]) == ["repsr-x2", "repsr-x3", "repsr-x4"]
     assert main(["models"]) == 0
     assert "repsr-x2 (default)" in capsys.readouterr().out
 
