@@ -266,7 +266,6 @@ def reparameterize(model: nn.Module, channels_last: bool = False) -> nn.Module:
     return FusedSqueezeSR(model, channels_last=channels_last).eval()
 
 
-
 class FusedSubpixel(nn.Module):
     """A FusedSqueezeSR stopped before its pixel shuffle, for export (`runtime.ort.OnnxModel` reads
     `export_metadata` and shuffles, or `HaloTiles` shuffles as it copies)."""

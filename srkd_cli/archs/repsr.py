@@ -43,7 +43,8 @@ class RepSR(SRModel):
             self.tail.weight.mul_(0.1)
             self.tail.bias.zero_()
 
-    def _forward(self, x: torch.Tensor, names: Tuple[str, ...]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def learned(self, x: torch.Tensor, names: Tuple[str, ...] = ()) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The tail's output before the residual base is added and the pixels shuffled, and the named features."""
         h = self.head(x)
         t = h
         feats: Dict[str, torch.Tensor] = {}
@@ -52,11 +53,14 @@ class RepSR(SRModel):
             name = self._taps.get(i)
             if name in names:
                 feats[name] = t
+        return self.tail(t + h), feats
+
+    def _forward(self, x: torch.Tensor, names: Tuple[str, ...]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        out, feats = self.learned(x, names)
         s = self.scale
         # Sub-pixel channel c*s*s+i lands in output channel c: repeating each input channel s*s
         # times makes the residual base nearest-neighbour upsampling.
-        out = self.tail(t + h) + x.repeat_interleave(s * s, dim=1)
-        return F.pixel_shuffle(out, s), feats
+        return F.pixel_shuffle(out + x.repeat_interleave(s * s, dim=1), s), feats
 
 
 class RepSRSubpixel(nn.Module):
@@ -75,12 +79,7 @@ class RepSRSubpixel(nn.Module):
         self.export_metadata = {"subpixel": True, "column_pairs": 1}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        h = m.head(x)
-        t = h
-        for conv in m.body:
-            t = F.relu(conv(t))
-        return m.tail(t + h) + F.conv2d(x, self.base.to(x.dtype))
+        return self.model.learned(x)[0] + F.conv2d(x, self.base.to(x.dtype))
 
 
 def int8_form(model: RepSR, crops: Sequence[np.ndarray], recipe: Dict[str, Any]) -> nn.Module:
