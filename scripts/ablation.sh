@@ -32,6 +32,7 @@ echo "$SHA  $INIT" | sha256sum -c --quiet - || { echo "$INIT is not the start th
 C="$C --init $INIT"
 C="--scale $S --data $DATA --val tests/data/Set5 --batch 16 $C --warmup 100 --val-every 1000 --ckpt-every 500 --log-every 100 --device cpu --seed 5 --threads 1"
 REP="--reparam 64"
+UP=${UP:-runs/up/bsrn-x$S}
 case $ARM in
   twin)          CMD="train --arch squeezesr" ;;
   rep-twin)      CMD="train --arch squeezesr $REP" ;;
@@ -40,8 +41,14 @@ case $ARM in
   bsrn-o)        CMD="distill --teacher bsrn-x$S --student squeezesr --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
   rep-bsrn-o)    CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
   rep-bsrn-fo)   CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0.1 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
-  *) echo "arm: twin rep-twin imdn-o rep-imdn-o bsrn-o rep-bsrn-o rep-bsrn-fo" >&2; exit 2 ;;
+  # Data upcycling: the training images plus BSRN's upscale of each one's centre (scripts/upcycle.py).
+  rep-up)        CMD="train --arch squeezesr $REP --data $UP" ;;
+  rep-bsrn-o-up) CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S --data $UP" ;;
+  *) echo "arm: twin rep-twin imdn-o rep-imdn-o bsrn-o rep-bsrn-o rep-bsrn-fo rep-up rep-bsrn-o-up" >&2; exit 2 ;;
 esac
+if [[ $ARM == *-up ]] && [ ! -f "$UP/provenance.json" ]; then
+  ${PYTHON:-.venv/bin/python} scripts/upcycle.py --teacher "bsrn-x$S" --data "$DATA" --out "$UP"
+fi
 OUT=runs/a$S-$ARM
 START=$(date +%s)
 for N in $STAGES; do
