@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${1:?scale}; ARM=${2:?arm}; LIMIT=${3:-}
+SEED=${SEED:-5}  # another seed (another patch stream) runs in runs/a{S}-{ARM}-seed{SEED}
 SRKD=${SRKD:-.venv/bin/srkd}
 TCACHE=${TCACHE:-/work/tcache}
 DATA=${DATA:-../shared/data/train}
@@ -30,7 +31,7 @@ if [ ! -f "$INIT" ]; then
 fi
 echo "$SHA  $INIT" | sha256sum -c --quiet - || { echo "$INIT is not the start the arms share" >&2; exit 2; }
 C="$C --init $INIT"
-C="--scale $S --data $DATA --val tests/data/Set5 --batch 16 $C --warmup 100 --val-every 1000 --ckpt-every 500 --log-every 100 --device cpu --seed 5 --threads 1"
+C="--scale $S --data $DATA --val tests/data/Set5 --batch 16 $C --warmup 100 --val-every 1000 --ckpt-every 500 --log-every 100 --device cpu --seed $SEED --threads 1"
 REP="--reparam 64"
 UP=${UP:-runs/up/bsrn-x$S}
 case $ARM in
@@ -50,6 +51,7 @@ if [[ $ARM == *-up ]] && [ ! -f "$UP/provenance.json" ]; then
   ${PYTHON:-.venv/bin/python} scripts/upcycle.py --teacher "bsrn-x$S" --data "$DATA" --out "$UP"
 fi
 OUT=runs/a$S-$ARM
+[ "$SEED" = 5 ] || OUT=$OUT-seed$SEED
 START=$(date +%s)
 for N in $STAGES; do
   if [ -f "$OUT/state.pt" ] && python3 -c "import json,sys; l=[json.loads(x) for x in open('$OUT/log.jsonl') if x.strip()]; sys.exit(0 if any(r.get('event')=='val' and r['step']>=$N for r in l) else 1)" 2>/dev/null; then
