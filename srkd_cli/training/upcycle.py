@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_write
-from ..imaging.io import list_images
+from ..imaging.io import list_images, unit_samples
+from ..metrics import to_uint8
 from .data import read_rgb_uint8
 
 Window = Tuple[int, int, int, int]  # top, left, height, width
@@ -41,9 +42,8 @@ def centre_window(h: int, w: int, scale: int, rim: int) -> Tuple[Window, Window]
 def upcycle_image(model: torch.nn.Module, img: np.ndarray, scale: int, rim: int) -> np.ndarray:
     """HxWx3 uint8 -> the model's x`scale` upscale of its centre window, uint8 (about HxW)."""
     (t, l, h, w), (y, x, ch, cw) = centre_window(img.shape[0], img.shape[1], scale, rim)
-    crop = torch.from_numpy(np.ascontiguousarray(img[t : t + h, l : l + w])).permute(2, 0, 1)[None].float() / 255
-    sr = model(crop).clamp(0, 1)[0, :, y * scale : (y + ch) * scale, x * scale : (x + cw) * scale]
-    return (sr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    sr = model(unit_samples(img[t : t + h, l : l + w]))
+    return to_uint8(sr[0, :, y * scale : (y + ch) * scale, x * scale : (x + cw) * scale])
 
 
 def upcycle_folder(model: torch.nn.Module, scale: int, src: Path, dest: Path, rim: int = 12,
