@@ -643,7 +643,7 @@ class Run:
         base = dict(
             arch=arch, scale=scale, data=list(a.data), out=out, arch_config=arch_config,
             batch=a.swinir_batch if big else a.batch, patch=a.swinir_patch if big else a.patch, lr=lr,
-            val_every=0, ckpt_every=0, log_every=SMOKE["log_every"] if a.smoke else 50, amp=self.amp,
+            val_every=0, ckpt_every=0, log_every=SMOKE["log_every"] if a.smoke else 50, precision="bf16" if self.amp else "fp32",
             device=str(self.device), threads=a.threads, seed=a.seed, quiet=True,
             command=f"scripts/gpu_run.py stage {out.name} ({self.summary['command']})",
         )

@@ -24,6 +24,7 @@ from . import carn, fuse, repsr
 from .bsrn import BSRN
 from .edsr_t import EDSRT
 from .imdn import IMDN
+from .options import OptionError, by_default, no_more_rules, number, whole
 from .repsr import RepSR
 from .squeezesr import SqueezeSR
 from .swinir import SwinIR
@@ -64,12 +65,25 @@ class ArchSpec:
     int8: Optional[Callable[[SRModel, Sequence[Any], Dict[str, Any]], nn.Module]] = None
     # Whether `--reparam` may train it over-parameterised (archs/reparam.py: plain convs only).
     reparam: bool = False
+    # Whether bf16 autocast speeds its training on a CPU with bf16 matrix units, so that
+    # `--precision auto` picks it there (measured: docs/performance.md, "Training precision").
+    cpu_bf16_train: bool = True
+    # The rules of its options beyond those their defaults imply (archs/options.py): ranges,
+    # divisibility. config -> None, or OptionError(option, value, what it accepts).
+    validate: Callable[[Dict[str, Any]], None] = no_more_rules
 
     def config(self, **overrides: Any) -> Dict[str, Any]:
+        """The defaults with `overrides`, every option checked: one ConfigError line naming a bad one."""
         unknown = set(overrides) - set(self.defaults)
         if unknown:
             raise ConfigError(f"{self.name} has no option {sorted(unknown)}; options: {sorted(self.defaults)}")
-        return {**self.defaults, **overrides}
+        cfg = {**self.defaults, **overrides}
+        try:
+            by_default(cfg, self.defaults)
+            self.validate(cfg)
+        except OptionError as e:  # the rules name the option; the architecture is named here, once
+            raise OptionError(e.option, e.value, e.accepts, self.name) from None
+        return cfg
 
     def build(self, scale: int, **overrides: Any) -> SRModel:
         check_scale(scale, "scale")

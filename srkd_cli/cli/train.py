@@ -39,7 +39,9 @@ STOP_AFTER = typer.Option(None, "--stop-after", help="Checkpoint and stop after 
 TIME_LIMIT = typer.Option(None, "--time-limit", help="Checkpoint and stop after this many seconds.")
 INIT = typer.Option(None, "--init", help="Start from these weights (file or zoo name; any scale): tensors of matching name and shape are copied.")
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
-FP32 = typer.Option(False, "--fp32", help="Train in float32 on CUDA (default: bf16 autocast).")
+FP32 = typer.Option(False, "--fp32", hidden=True, help="Same as --precision fp32 (kept for old commands).")
+PRECISION = typer.Option("auto", "--precision", help="auto, fp32 or bf16 autocast (weights, optimizer and losses stay fp32). auto: bf16 on CUDA, and on CPUs with bf16 matrix units (AMX, AVX512-BF16) for the convnets; fp32 otherwise.")
+VAL_SPLIT = typer.Option(0, "--val-split", help="Hold N training images out (spread over --data, never cut into patches): best.safetensors is picked on them; --val sets are then monitors only.")
 THREADS = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine) (default: torch's).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 REPARAM = typer.Option(0, "--reparam", help="Train every conv over-parameterised (expansion width N, e.g. 64; collapsed every step and at export to the plain architecture; squeezesr) (0: off).")
@@ -55,7 +57,7 @@ SHARED = [
     ("clip", float, CLIP), ("seed", int, SEED), ("device", str, DEVICE), ("resume", bool, RESUME),
     ("ckpt_every", int, CKPT_EVERY), ("val_every", int, VAL_EVERY), ("log_every", int, LOG_EVERY),
     ("stop_after", Optional[int], STOP_AFTER), ("time_limit", Optional[float], TIME_LIMIT), ("compile", bool, COMPILE),
-    ("fp32", bool, FP32), ("threads", Optional[int], THREADS), ("quiet", bool, QUIET), ("init", Optional[str], INIT),
+    ("fp32", bool, FP32), ("precision", str, PRECISION), ("val_split", int, VAL_SPLIT), ("threads", Optional[int], THREADS), ("quiet", bool, QUIET), ("init", Optional[str], INIT),
     ("reparam", int, REPARAM),
 ]
 
@@ -100,7 +102,7 @@ def _common(**kw: Any) -> Dict[str, Any]:
         warmup=kw["warmup"], schedule=kw["schedule"], ema=kw["ema"], clip=kw["clip"], seed=kw["seed"],
         device=kw["device"], resume=kw["resume"], ckpt_every=kw["ckpt_every"], val_every=kw["val_every"],
         log_every=kw["log_every"], stop_after=kw["stop_after"], time_limit=kw["time_limit"],
-        compile=kw["compile"], amp=not kw["fp32"], threads=kw["threads"], quiet=kw["quiet"], reparam=kw["reparam"],
+        compile=kw["compile"], precision="fp32" if kw["fp32"] else kw["precision"], val_split=kw["val_split"], threads=kw["threads"], quiet=kw["quiet"], reparam=kw["reparam"],
     )
 
 

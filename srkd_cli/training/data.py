@@ -83,13 +83,28 @@ class HRStore:
         return len(self.sizes)
 
 
+def training_files(folders: Sequence[PathLike]) -> List[Path]:
+    """Every image under the --data folders, in the order every run sees them."""
+    return [f for folder in folders for f in list_images(folder)]
+
+
+def held_out(files: Sequence[Path], n: int) -> List[Path]:
+    """`n` files spread evenly over `files` (so every --data folder gives its share), the same
+    for every seed and run: arms compared on one slice are compared on the same images."""
+    if n <= 0:
+        return []
+    if n >= len(files):
+        raise ConfigError(f"--val-split {n}: the --data folders hold only {len(files)} images; hold out fewer")
+    return [files[int((i + 0.5) * len(files) / n)] for i in range(n)]
+
+
 def load_hr_store(
-    folders: Sequence[PathLike], min_size: int = 1, device: Union[str, torch.device] = "cpu", threads: int = 0
+    folders: Sequence[PathLike], min_size: int = 1, device: Union[str, torch.device] = "cpu", threads: int = 0,
+    exclude: Sequence[Path] = (),
 ) -> HRStore:
-    """Decode every image under `folders`; images whose short side is below `min_size` are skipped."""
-    files: List[Path] = []
-    for folder in folders:
-        files += list_images(folder)
+    """Decode every image under `folders` but `exclude`; images whose short side is below `min_size` are skipped."""
+    left_out = set(exclude)
+    files = [f for f in training_files(folders) if f not in left_out]
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes without the GIL
         arrays = list(pool.map(read_rgb_uint8, files))
@@ -202,15 +217,30 @@ class ValImage:
     hr: np.ndarray  # (s*h, s*w, 3) uint8
 
 
+def _val_image(stem: str, hr: np.ndarray, lr: np.ndarray) -> ValImage:
+    from ..evaluate import to_tensor
+
+    hr = hr if hr.ndim == 3 else np.repeat(hr[..., None], 3, axis=2)
+    lr = lr if lr.ndim == 3 else np.repeat(lr[..., None], 3, axis=2)
+    return ValImage(stem, to_tensor(lr).float(), np.ascontiguousarray(hr))
+
+
 def load_val_set(folder: PathLike, scale: int) -> List[ValImage]:
     """Validation pairs read by the evaluation protocol's own loader (`evaluate.load_pairs`)."""
-    from ..evaluate import load_pairs, to_tensor
+    from ..evaluate import load_pairs
+
+    return [_val_image(pair.stem, pair.hr, pair.lr) for pair in load_pairs(Path(folder), scale)]
+
+
+def load_held_out(files: Sequence[Path], scale: int) -> List[ValImage]:
+    """Held-out training images as validation pairs: cropped to the scale, LR by the protocol's bicubic."""
+    from ..imaging.imresize import bicubic_downscale_uint8
 
     out = []
-    for pair in load_pairs(Path(folder), scale):
-        hr = pair.hr if pair.hr.ndim == 3 else np.repeat(pair.hr[..., None], 3, axis=2)
-        lr = pair.lr if pair.lr.ndim == 3 else np.repeat(pair.lr[..., None], 3, axis=2)
-        out.append(ValImage(pair.stem, to_tensor(lr).float(), np.ascontiguousarray(hr)))
+    for f in files:
+        hr = read_rgb_uint8(f)
+        hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+        out.append(_val_image(f.stem, hr, bicubic_downscale_uint8(hr, scale)))
     return out
 
 

@@ -44,7 +44,9 @@ from ..distributed import DistEnv, dist_env, gather_objects, init_process_group,
 from ..errors import ConfigError, SrkdError
 from ..inference import pick_device
 from ..metrics import psnr, to_uint8
-from .data import PatchSampler, ValImage, check_disjoint, data_fingerprint, load_hr_store, load_val_set
+from ..runtime.cpu import cpu_bf16_units
+from .data import (PatchSampler, ValImage, check_disjoint, data_fingerprint, held_out, load_held_out, load_hr_store,
+                   load_val_set, training_files)
 from .recipes import (Recipe, WithFeatures, check_pair, get_pairing, init_from_teacher, init_from_weights,
                       make_distill_recipe)
 from .teacher_cache import TeacherCache, parse_mode
@@ -54,6 +56,8 @@ LOG_FILE = "log.jsonl"
 BEST_FILE = "best.safetensors"
 FINAL_FILE = "final.safetensors"
 SCHEDULES = ("cosine", "multistep")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+HELD_OUT = "held-out"  # the --val-split slice's name in logs and validation records
 MULTISTEP_MILESTONES = (0.5, 0.8, 0.9, 0.95)  # fractions of the run; SwinIR's 250k/400k/450k/475k of 500k
 ADAM_BETAS = (0.9, 0.99)
 
@@ -71,6 +75,7 @@ class TrainConfig:
     data: List[Path]
     out: Path
     val: List[Path] = field(default_factory=list)
+    val_split: int = 0  # training images held out (never cut into patches) to validate and pick best on
     arch_config: Dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {"blocks": 2}
     steps: int = 100_000
     batch: int = 16  # global: split across DDP ranks
@@ -89,7 +94,7 @@ class TrainConfig:
     stop_after: Optional[int] = None  # checkpoint and stop after this many steps of this invocation
     time_limit: Optional[float] = None  # seconds; checkpoint and stop when reached
     compile: bool = False
-    amp: bool = True  # bf16 autocast on CUDA
+    precision: str = "auto"  # auto, fp32 or bf16 (autocast; weights, optimizer, EMA and losses stay fp32)
     threads: Optional[int] = None  # CPU intra-op threads (torch.set_num_threads); None leaves torch's default
     quiet: bool = False
     # distillation
@@ -133,6 +138,27 @@ def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> flo
         return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
     halvings = sum(step >= int(f * total) for f in MULTISTEP_MILESTONES)
     return base * 0.5**halvings
+
+
+def resolve_train_precision(asked: str, device: torch.device, spec: Any, warnings: List[str]) -> str:
+    """"fp32" or "bf16" (autocast) for `--precision asked` on `device`.
+
+    auto: bf16 on CUDA (as always); on a CPU, bf16 where it has bf16 matrix units (AMX or
+    AVX512-BF16) and the architecture measured faster with it (`ArchSpec.cpu_bf16_train`).
+    """
+    if device.type == "cuda":
+        return "fp32" if asked == "fp32" else "bf16"
+    if device.type != "cpu":
+        if asked == "bf16":
+            raise ConfigError(f"--precision bf16: not supported on {device.type}; use fp32")
+        return "fp32"
+    units = cpu_bf16_units()
+    if asked == "auto":
+        return "bf16" if units and spec.cpu_bf16_train else "fp32"
+    if asked == "bf16" and not units:
+        warnings.append("--precision bf16: this CPU has no bf16 matrix units (AMX, AVX512-BF16); "
+                        "bf16 is emulated and slower than fp32")
+    return asked
 
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
@@ -214,6 +240,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--init-from-teacher needs --teacher")
     if cfg.reparam < 0:
         raise ConfigError(f"--reparam {cfg.reparam}: the expansion width must be >= 1 (0 turns it off)")
+    if cfg.precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"--precision {cfg.precision}: use one of {', '.join(TRAIN_PRECISIONS)}")
+    if cfg.val_split < 0:
+        raise ConfigError(f"--val-split {cfg.val_split}: must be >= 0 (0 holds no training image out)")
 
 
 class Trainer:
@@ -310,7 +340,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if teacher is not None and teacher.spec.channels_last:
             self.recipe.teacher.to(memory_format=torch.channels_last)
-        self.amp = cfg.amp and self.device.type == "cuda"
+        self.precision = resolve_train_precision(cfg.precision, self.device, self.spec, self.warnings)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # patches have one fixed size
 
@@ -318,7 +348,8 @@ class Trainer:
         """HR store, patch stream, teacher cache and validation sets."""
         cfg = self.cfg
         hr_side = self.patch * cfg.scale
-        self.store = load_hr_store(cfg.data, min_size=hr_side, device=self.device)
+        self.held_out = held_out(training_files(cfg.data), cfg.val_split)
+        self.store = load_hr_store(cfg.data, min_size=hr_side, device=self.device, exclude=self.held_out)
         self.rank_batch = cfg.batch // self.env.world_size
         self.sampler = PatchSampler(self.store, cfg.scale, self.patch, self.rank_batch, self._stream_seed(self.env.rank))
         self.teacher_cache: Optional[TeacherCache] = None
@@ -331,6 +362,8 @@ class Trainer:
                 self.recipe.needs_teacher_output, mode, self.fingerprint)
         self.val_sets: Dict[str, List[ValImage]] = {}
         if self.is_main:
+            if self.held_out:
+                self.val_sets[HELD_OUT] = load_held_out(self.held_out, cfg.scale)
             for v in cfg.val:
                 self.val_sets[Path(v).name] = load_val_set(v, cfg.scale)
         if self.store.skipped:
@@ -437,6 +470,8 @@ class Trainer:
             "part_names": self._part_names,
             "data_fingerprint": self.fingerprint,
             "world_size": self.env.world_size,
+            "val_split": [f.name for f in self.held_out],
+            "precision": self.precision,
         }
 
     def save_state(self) -> None:
@@ -485,6 +520,13 @@ class Trainer:
         self._acc_steps, self._part_names = st["acc_steps"], list(st["part_names"])
         if st.get("data_fingerprint") != self.fingerprint:
             self.warnings.append("--resume: the training data changed since the run started")
+        held = [f.name for f in self.held_out]
+        if st.get("val_split", []) != held:
+            raise ConfigError(f"--resume: {path} held out {len(st.get('val_split', []))} training images "
+                              f"(--val-split), this command holds out {len(held)}: they train on different images")
+        if st.get("precision", "fp32" if self.device.type == "cpu" else "bf16") != self.precision:
+            self.warnings.append(f"--resume: the run trained in {st.get('precision', 'fp32')} and goes on in "
+                                 f"{self.precision} (not a bit-exact resume)")
         self._earlier_commands = [str(c) for c in st.get("commands", [])]
         started = st.get("init_sha256")
         if started:
@@ -523,7 +565,7 @@ class Trainer:
         cached = self.teacher_cache.targets(self.sampler.last_params) if self.teacher_cache else None
         if self.channels_last:
             lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
         with amp:
             total, parts = self.recipe(self.net, lr_img, hr, cached)
         self.optimizer.zero_grad(set_to_none=True)
@@ -576,7 +618,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> Optional[float]:
-        """Mean over the --val sets of their mean PSNR-Y (border = scale) with the exported weights."""
+        """The score that picks best.safetensors: the held-out slice's mean PSNR-Y (border = scale)
+        with the exported weights under --val-split, else the mean over the --val sets. Every set's
+        score is kept in `_val_detail`; under --val-split the --val sets are monitors only."""
         if not self.val_sets:
             return None
         model = self.export_model()
@@ -588,7 +632,7 @@ class Trainer:
                 out = model(img.lr.to(self.device))
                 scores.append(psnr(to_uint8(out.float()), img.hr, crop_border=self.cfg.scale, y_only=True))
             per_set[name] = float(np.mean(scores))
-        self.last_val = float(np.mean(list(per_set.values())))
+        self.last_val = per_set[HELD_OUT] if HELD_OUT in per_set else float(np.mean(list(per_set.values())))
         self._val_detail = per_set
         return self.last_val
 
@@ -625,6 +669,8 @@ class Trainer:
             "device": str(self.device),
             "best_val_psnr_y": self.best_psnr,
             "val": [str(v) for v in cfg.val],
+            "val_split": [f.name for f in self.held_out],  # picks best.safetensors when present
+            "precision": self.precision,
             "teacher": self.teacher_name,
             "init_from_teacher": cfg.init_from_teacher,
             "init": cfg.init,
