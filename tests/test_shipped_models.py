@@ -47,3 +47,20 @@ def test_bundled_model_matches_its_recorded_set5_psnr(entry, set5):
     rec = evaluate_folder(Upscaler(lm.model, lm.spec, lm.config, "cpu", tile=None), entry.name, set5, entry.scale,
                           pairs=load_pairs(set5, entry.scale))
     assert rec.psnr_y == pytest.approx(entry.metrics["set5_psnr_y"], abs=0.02)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_bundled_kd_student_beats_its_twin_by_the_rule(scale):
+    """Issue 30's rule: a distilled model ships when it beats its no-KD twin (same start, steps, seed
+    and patch stream) on Set5 and Set14 and is within 0.02 dB of it on Urban100."""
+    by_name = {e.name: e for e in BUNDLED}
+    kd, twin = by_name[f"squeezesr-kd-x{scale}"].metrics, by_name[f"squeezesr-x{scale}"].metrics
+    assert kd["set5_psnr_y"] > twin["set5_psnr_y"] and kd["set14_psnr_y"] > twin["set14_psnr_y"]
+    assert kd["urban100_psnr_y"] >= twin["urban100_psnr_y"] - 0.02
+
+
+def test_no_bundled_model_learned_from_a_teacher_without_a_licence():
+    """IMDN's official weights carry no licence: nothing srkd ships may be distilled from them."""
+    for e in BUNDLED:
+        lm = load_model(e.name, device="cpu")
+        assert "imdn" not in str(lm.metadata.get("provenance", "")).lower(), e.name
