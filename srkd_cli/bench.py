@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import write_report
 from .config import check_scale, parse_setting
 from .errors import ConfigError, ModelNotFoundError
 
@@ -517,13 +517,9 @@ def run_bench(
     return records
 
 
-def write_json(records: Sequence[Dict[str, Any]], path: Union[str, os.PathLike]) -> None:
-    """Write the records as a JSON list, atomically ('-' for stdout)."""
-    text = json.dumps(list(records), indent=2) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        return
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+def write_json(records: Sequence[Dict[str, Any]], path: Union[str, os.PathLike], overwrite: bool = True) -> None:
+    """Write the records as a JSON list, atomically ('-' for stdout); an existing file only with `overwrite`."""
+    write_report("--json", path, json.dumps(list(records), indent=2) + "\n", overwrite)
 
 
 __all__ = ["BICUBIC_ROWS", "BenchRecords", "RECORD_KEYS", "ResolvedModel", "count_macs", "parse_size",

@@ -8,6 +8,7 @@ config, the scale and the provenance. Foreign files are canonicalised in one pla
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from .archs import ARCHS, ArchSpec, SRModel, detect_arch, get_arch
 from .atomic import atomic_write
 from .config import SCALES, or_list
-from .errors import CheckpointError, InputError, SrkdError
+from .errors import CheckpointError, ConfigError, InputError, SrkdError
 
 FORMAT_VERSION = "1"
 # Buffers some releases save although they are derived from the training img_size.
@@ -35,6 +36,9 @@ class LoadedModel:
     scale: int
     metadata: Dict[str, Any] = field(default_factory=dict)
     path: Optional[Path] = None
+    # What the file could not tell and the loader assumed (`ArchSpec.assumed`), one sentence each,
+    # for the CLI to print as warnings; options the caller set are not among them.
+    notes: List[str] = field(default_factory=list)
 
 
 def canonical_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -141,9 +145,15 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _build(path: Path, spec: ArchSpec, scale: int, config: Dict[str, Any]) -> SRModel:
-    """The model a file describes; a description that cannot be built is the file's fault."""
+def _build(path: Path, spec: ArchSpec, scale: int, config: Dict[str, Any], shapes_only: bool = False) -> SRModel:
+    """The model a file describes; a description that cannot be built is the file's fault.
+
+    `shapes_only` builds it on the "meta" device: its tensors' shapes, no memory, so that a small
+    file claiming a huge model (n_feats=3000) is refused before anything that size is allocated."""
     try:
+        if shapes_only:
+            with torch.device("meta"):
+                return spec.build(scale, **config)
         return spec.build(scale, **config)
     except CheckpointError:
         raise
@@ -155,10 +165,16 @@ def _build(path: Path, spec: ArchSpec, scale: int, config: Dict[str, Any]) -> SR
 
 
 def load_checkpoint(
-    path: Union[str, Path], scale: Optional[int] = None, device: Union[str, torch.device] = "cpu"
+    path: Union[str, Path], scale: Optional[int] = None, device: Union[str, torch.device] = "cpu",
+    overrides: Optional[Mapping[str, Any]] = None,
 ) -> LoadedModel:
-    """Build the model a checkpoint describes and load its weights (eval mode, float32)."""
+    """Build the model a checkpoint describes and load its weights (eval mode, float32).
+
+    `overrides` (`--set KEY=VALUE`) replace options of the configuration read from the file, for
+    what its tensors cannot tell (a Compact model's ReLU or LeakyReLU); a value that contradicts
+    the tensors is reported as a misfit like any other."""
     path = Path(path)
+    overrides = dict(overrides or {})
     raw, meta = _read_raw(path)
     sd = canonical_state_dict(raw, str(path))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
@@ -181,6 +197,14 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: unknown architecture: {len(sd)} tensors such as {sample}; "
                                   f"srkd knows {', '.join(ARCHS)}")
         spec, config, file_scale = found
+    notes = []
+    if not meta.get("arch") and spec.assumed is not None:
+        notes = [f"{path.name}: {why}" for key, why in spec.assumed(sd, config).items() if key not in overrides]
+    if overrides:
+        try:
+            config = spec.config(**{**config, **overrides})
+        except SrkdError as e:
+            raise ConfigError(f"--set: {e}") from None
     if spec.canonicalize is not None:
         try:
             sd = spec.canonicalize(sd, scale if file_scale is None else file_scale)
@@ -188,7 +212,7 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: {e}") from None
     if file_scale is None and scale is None:
         # The tensor that tells the scale is missing or odd: the scale it fits, else what does not fit.
-        misfits = {s: _misfit(_build(path, spec, s, config), sd) for s in SCALES}
+        misfits = {s: _misfit(_build(path, spec, s, config, shapes_only=True), sd) for s in SCALES}
         fitting = [s for s in SCALES if not misfits[s]]
         if len(fitting) != 1:
             best = min(SCALES, key=lambda s: len(misfits[s]))
@@ -204,14 +228,14 @@ def load_checkpoint(
                               f"srkd runs {or_list([f'x{s}' for s in SCALES])}")
     if scale is not None and scale != file_scale:
         raise CheckpointError(f"{path}: this {spec.name} checkpoint upscales x{file_scale}, not x{scale}")
-    model = _build(path, spec, file_scale, config)
-    problems = _misfit(model, sd)
+    problems = _misfit(_build(path, spec, file_scale, config, shapes_only=True), sd)
     if problems:
         raise CheckpointError(f"{path}: does not fit {spec.name} x{file_scale}: {'; '.join(problems)}")
+    model = _build(path, spec, file_scale, config)
     model.load_state_dict(sd, strict=False)  # _misfit found nothing missing, extra or of another shape
     model.eval().to(device)
     metadata = {k: v for k, v in meta.items() if k not in ("arch", "config", "scale")}
-    return LoadedModel(model, spec, config, file_scale, metadata, path)
+    return LoadedModel(model, spec, config, file_scale, metadata, path, notes)
 
 
 
@@ -238,4 +262,10 @@ def save_checkpoint(
     }
     if provenance:
         meta["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
-    return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    from .imaging.io import _umask
+
+    def write(tmp: Path) -> None:
+        save_file(sd, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600: give the mode of every other output
+
+    return atomic_write(path, write)

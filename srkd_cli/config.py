@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -18,6 +18,11 @@ def or_list(items: Sequence[Any]) -> str:
     """'2, 3 or 4': choices as a sentence says them."""
     words = [str(i) for i in items]
     return " or ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
+def a_or_an(word: str) -> str:
+    """'an edsr-t', 'a swinir': a name with its article (by its first letter: srkd's names are read as words)."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def check_scale(scale: Any, flag: str = "--scale") -> int:
@@ -47,3 +52,15 @@ def parse_setting(text: str) -> Tuple[str, Any]:
     if not sep or not key:
         raise ValueError(text)
     return key, parse_value(raw)
+
+
+def parse_settings(items: Optional[Sequence[str]], option: str = "--set") -> Dict[str, Any]:
+    """Repeated KEY=VALUE options -> {key: value}; a malformed one is a one-line ConfigError."""
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        try:
+            key, value = parse_setting(item)
+        except ValueError:
+            raise ConfigError(f"{option} {item}: expected KEY=VALUE") from None
+        out[key] = value
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from .atomic import atomic_write
 from .errors import InputError
 from .imaging.imresize import bicubic_downscale_uint8, imresize
 from .imaging.io import IMAGE_SUFFIXES, list_images, read_uint8, unit_samples
@@ -52,6 +53,13 @@ class EvalRecord:
         return d
 
 
+def hr_folder(folder: Path) -> Path:
+    """Where a benchmark folder keeps its HR images: HR/ in the EDSR layout (beside
+    LR_bicubic/); a plain folder of HR images is its own."""
+    folder = Path(folder)
+    return folder / "HR" if (folder / "HR").is_dir() else folder
+
+
 def load_pairs(folder: Path, scale: int) -> List[Pair]:
     """Every (LR, HR) pair of a benchmark folder, with the checks the protocol needs.
 
@@ -60,8 +68,7 @@ def load_pairs(folder: Path, scale: int) -> List[Pair]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    # The EDSR layout (HR/ beside LR_bicubic/); a plain folder of HR images works too.
-    hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
+    hr_dir = hr_folder(folder)
     hr_files = list_images(hr_dir)
     if not hr_files:
         raise InputError(f"{hr_dir}: no images (expected HR/ with images, and optionally LR_bicubic/X{scale}/)")
@@ -82,8 +89,8 @@ def load_pairs(folder: Path, scale: int) -> List[Pair]:
                 raise InputError(
                     f"{lp}: is {lr.shape[1]}x{lr.shape[0]}, but HR {hp.name} / {scale} is {w // scale}x{h // scale}"
                 )
-            if lr.ndim != hr.ndim:
-                lr = lr if lr.ndim == 2 else lr[..., 0]
+            if lr.ndim != hr.ndim:  # a grey image counts as R = G = B (metrics): colour for an RGB HR
+                lr = np.repeat(lr[..., None], 3, axis=2) if lr.ndim == 2 else lr[..., 0]
         pairs.append(Pair(hp.stem, hr, lr))
     return pairs
 
@@ -150,6 +157,8 @@ def evaluate_folder(
                     sr = sr[:h, :w]  # the tool upscaled the uncropped HR size
                 else:
                     raise InputError(f"{sp}: is {sr.shape[1]}x{sr.shape[0]}, HR {pair.stem} is {w}x{h}")
+            if sr.ndim == 2 and pair.hr.ndim == 3:  # grey counts as R = G = B, as in the metrics
+                sr = np.repeat(sr[..., None], 3, axis=2)
             if sr.ndim == 3 and pair.hr.ndim == 2:
                 sr = sr[..., 0] if (sr[..., 0] == sr[..., 1]).all() else np.asarray(PILImage.fromarray(sr).convert("L"))
         else:
@@ -158,8 +167,8 @@ def evaluate_folder(
             sr = to_uint8(out)
             seconds += time.perf_counter() - t0
             if save_dir is not None:
-                save_dir.mkdir(parents=True, exist_ok=True)
-                PILImage.fromarray(sr[..., 0] if sr.shape[2] == 1 else sr).save(save_dir / f"{pair.stem}.png")
+                im = PILImage.fromarray(sr[..., 0] if sr.shape[2] == 1 else sr)
+                atomic_write(save_dir / f"{pair.stem}.png", lambda tmp: im.save(tmp, format="PNG"))
         per_image.append({"image": pair.stem, **score(sr, pair.hr, scale)})
     mean = {k: float(np.mean([p[k] for p in per_image])) for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
     return EvalRecord(model_name, scale, folder.name, len(per_image), seconds=round(seconds, 4), per_image=per_image, **mean)

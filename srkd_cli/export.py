@@ -6,7 +6,7 @@ the PyTorch output to 1e-4 (max abs) before it is written, atomically, with srkd
 (arch, scale, config) inside.
 
 ONNX needs onnx and onnxruntime, core dependencies wherever they publish wheels (pyproject.toml).
-`int8=True` writes a SqueezeSR or RepSR model quantised for onnxruntime (`quantize.py`), checked against the fp32
+`int8=True` writes a SqueezeSR, RepSR or Compact model quantised for onnxruntime (`quantize.py`), checked against the fp32
 model to `INT8_TOLERANCE` instead.
 """
 
@@ -21,16 +21,20 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .archs import ARCHS
 from .archs.fuse import reparameterize, split_stream
 from .atomic import atomic_write
 from .backends import check_precision
+from .config import or_list
 from .errors import ConfigError, OutputError
 from .loader import load_model
-from .quantize import INT8_TOLERANCE, calibration_crops, calibration_files, int8_difference, int8_onnx_bytes
+from .quantize import (INT8_TOLERANCE, calibration_crops, calibration_files, int8_difference, int8_onnx_bytes,
+                       supports_int8)
 from .runtime.graph import DEFAULT_OPSET, META_KEY, graph_metadata, onnx_bytes, torchscript_module, trace_example, window
 from .runtime.ort import OnnxModel
 
 FORMATS = ("onnx", "torchscript")
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
 TOLERANCE = 1e-4
 
 
@@ -42,6 +46,23 @@ class ExportResult:
     scale: int
     max_abs_diff: float  # exported vs PyTorch, over the check inputs
     bytes: int
+
+
+def format_for(path: Path, fmt: Optional[str] = None, int8: bool = False) -> str:
+    """The format `path` is written in: `fmt` if given (refused when the file's suffix names another
+    format), else the suffix's (.onnx, .pt), else ONNX. int8 files are ONNX."""
+    by_suffix = SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    if fmt is not None:
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format {fmt}: choose {' or '.join(FORMATS)}")
+        if by_suffix is not None and by_suffix != fmt:
+            raise ConfigError(f"--format {fmt} and -o {path} disagree ({Path(path).suffix} is {by_suffix}); "
+                              "drop --format or rename the file")
+    fmt = fmt or by_suffix or "onnx"
+    if int8 and fmt != "onnx":
+        raise ConfigError(f"--int8 writes ONNX for onnxruntime, not {fmt}; name the file .onnx")
+    return fmt
 
 
 def _check_inputs(model: nn.Module) -> Tuple[torch.Tensor, ...]:
@@ -118,6 +139,10 @@ def export_int8(model: nn.Module, path: Union[str, os.PathLike], meta: Optional[
     `max_abs_diff` in the result is that mean |difference| in grey levels, not a max.
     """
     path = Path(path)
+    if not supports_int8(model):  # said in export's words: --precision is `srkd upscale`'s option
+        archs = or_list([s.cls.__name__ for s in ARCHS.values() if s.int8])
+        raise ConfigError(f"--int8: only {archs}-architecture models have an int8 form, not {type(model).__name__}; "
+                          "export without --int8")
     check_precision(model, "onnxruntime", "cpu", "int8")  # what runs the file
     import onnx
 
@@ -175,4 +200,4 @@ def export(
     return export_model(model, output, fmt, meta=meta, opset=opset, overwrite=overwrite)
 
 
-__all__ = ["ExportResult", "FORMATS", "TOLERANCE", "export", "export_int8", "export_model"]
+__all__ = ["ExportResult", "FORMATS", "TOLERANCE", "export", "export_int8", "export_model", "format_for"]

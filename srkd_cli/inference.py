@@ -31,6 +31,18 @@ MEMORY_SHARE = {"cpu": 0.4, "cuda": 0.6, "mps": 0.5}
 WHOLE_MAX = {"cpu": 1024, "cuda": 2048, "mps": 1024}
 TILE_MAX = {"cpu": 256, "cuda": 2048, "mps": 1024}
 MIN_TILE = 32
+# The default tile overlap: 4 x the architecture's receptive field (`ArchSpec.receptive_field`), so
+# every output pixel a tile's blend weights keep (the outer quarter of an overlap gets weight 0)
+# sees all of the input that can change it, within these bounds; 32 where no field is declared.
+OVERLAP_MIN, OVERLAP_MAX = 32, 64
+
+
+def default_overlap(spec: ArchSpec, config: dict, scale: int) -> int:
+    """The tile overlap an architecture gets when none is given (see OVERLAP_MIN)."""
+    if spec.receptive_field is None:
+        return OVERLAP_MIN
+    reach = int(spec.receptive_field(config, scale))
+    return min(OVERLAP_MAX, max(OVERLAP_MIN, 4 * reach))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -222,7 +234,7 @@ class Upscaler:
         device: Union[str, torch.device] = "auto",
         precision: str = "fp32",
         tile: TileSpec = "auto",
-        overlap: int = 32,
+        overlap: Optional[int] = 32,
         tta: bool = False,
         channels_last: bool = False,
     ):
@@ -234,10 +246,14 @@ class Upscaler:
         self.spec, self.config, self.scale = spec, config, model.scale
         self.model = model.to(self.device).eval()
         self.precision, self.tta = precision, tta
-        self.overlap = max(0, int(overlap))
         self.multiple = spec.window_multiple(config)
         if isinstance(tile, str) and tile.lower() in ("none", "0"):
             tile = None
+        if overlap is None:  # from the architecture; a given --tile gets less (not under 32) rather than an error
+            overlap = default_overlap(spec, config, model.scale)
+            if tile not in (None, "auto", 0):
+                overlap = max(OVERLAP_MIN, min(overlap, (int(tile) // self.multiple * self.multiple - 1) // 2))
+        self.overlap = max(0, int(overlap))
         if tile not in (None, "auto", 0):
             asked, tile = int(tile), int(tile) // self.multiple * self.multiple
             if tile < max(MIN_TILE, self.multiple) or tile <= 2 * self.overlap:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -19,27 +19,36 @@ def load_model(
     scale: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
     offline: Optional[bool] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
 ) -> LoadedModel:
     """A zoo name (`swinir4`, `squeezesr-x2`) or a weights file -> LoadedModel, checked against `scale`.
 
     `offline` True never downloads (ModelNotFoundError when the file is neither bundled nor
-    cached); None follows HF_HUB_OFFLINE.
+    cached); None follows HF_HUB_OFFLINE. `overrides` (`--set`) set options the file cannot tell
+    (`checkpoint.load_checkpoint`).
     """
     from .zoo import get_zoo
 
     if model and weights:
         raise ConfigError("give --model or --weights, not both")
     if weights is not None:
-        return load_checkpoint(weights, scale=scale, device=device)
+        return load_checkpoint(weights, scale=scale, device=device, overrides=overrides)
     zoo = get_zoo()
     if model is None:
         entry = zoo.get(DEFAULT_MODELS[scale or 4], scale=scale or 4)
     elif Path(model).expanduser().is_file():
-        return load_checkpoint(Path(model).expanduser(), scale=scale, device=device)
+        return load_checkpoint(Path(model).expanduser(), scale=scale, device=device, overrides=overrides)
+    elif model.startswith("hf://"):  # a pinned Hub file, no zoo entry (zoo/hubid.py)
+        from .zoo.hubid import resolve_hub_id
+
+        path = resolve_hub_id(model, offline=offline, progress=not offline)
+        lm = load_checkpoint(path, scale=scale, device=device, overrides=overrides)
+        lm.metadata.setdefault("zoo_name", model)
+        return lm
     else:
         entry = zoo.get(model, scale=scale)
     path = zoo.resolve(entry.name, offline=offline, progress=not offline)
-    lm = load_checkpoint(path, scale=entry.scale, device=device)
+    lm = load_checkpoint(path, scale=entry.scale, device=device, overrides=overrides)
     _check_against_entry(lm, entry, path)
     lm.metadata.setdefault("zoo_name", entry.name)
     return lm

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -258,10 +259,15 @@ def int8_onnx_bytes(model: nn.Module, calibration: Optional[Union[str, os.PathLi
     folder, files = calibration_files(calibration)
     path = cache_dir() / f"{type(model).__name__.lower()}-x{model.scale}-{cache_key(model, files, folder, nbits)}.onnx"
     if cache and path.is_file():
-        try:
-            return path.read_bytes()
-        except OSError:
-            pass
+        data, why = _read_cached(path, nbits)
+        if why is None:
+            return data
+        # A damaged entry (a full disk, a crash mid-copy, an edit) would fail every later run: rebuilt in place.
+        line = f"int8 cache: {path} is damaged ({why}); rebuilding it"
+        if say:
+            say(line)
+        else:
+            print(line, file=sys.stderr)
     if say:
         narrow = "; 7-bit weights: this CPU's int8 kernels saturate 8-bit ones (no VNNI)" if nbits == 7 else ""
         say(f"quantising {type(model).__name__} x{model.scale} to int8 (calibration: {RECIPE['crops']} crops from "
@@ -273,6 +279,34 @@ def int8_onnx_bytes(model: nn.Module, calibration: Optional[Union[str, os.PathLi
         except OSError:
             pass  # an unwritable cache costs a re-quantisation next time, nothing else
     return data
+
+
+def _read_cached(path: Path, bits: int) -> Tuple[bytes, Optional[str]]:
+    """(the cached graph at `path`, None) where it is whole: an ONNX model that checks, with the int8
+    metadata of this recipe; else (b"", why not, in a few words)."""
+    import onnx
+
+    from .runtime.graph import META_KEY
+
+    try:
+        data = path.read_bytes()
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - protobuf and the checker raise many kinds; the cause is one
+        text = str(e).strip().splitlines()
+        return b"", _clip(text[0] if text else type(e).__name__)
+    try:
+        meta = json.loads(next((e.value for e in proto.metadata_props if e.key == META_KEY), "{}"))
+    except ValueError:
+        meta = {}
+    made = meta.get("int8_recipe") if isinstance(meta, dict) else None
+    if not isinstance(made, dict) or made.get("weight_bits") != bits:
+        return b"", "no int8 metadata of this recipe"  # e.g. cut short before the metadata, the last field
+    return data, None
+
+
+def _clip(text: str, n: int = 100) -> str:
+    return text if len(text) <= n else text[: n - 3].rstrip() + "..."
 
 
 def int8_runner(model: nn.Module, threads: Optional[int] = None, say=None):

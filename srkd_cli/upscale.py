@@ -37,6 +37,10 @@ OTHER_IMAGE_FORMATS = {".gif": "GIF", ".avif": "AVIF", ".heic": "HEIC", ".heif":
                        ".pnm": "PNM", ".svg": "SVG", ".dds": "DDS", ".qoi": "QOI", ".apng": "APNG"}
 # Characters no file name may hold on some common file system (Windows forbids <>:"|?* and \).
 _NOT_IN_NAMES = frozenset('/\\<>:"|?*') | frozenset(chr(i) for i in range(32))
+# The longest file name most file systems hold (bytes), and what the temporary file beside an
+# output adds to its name (`.NAME.PID.XXXXXXXX.tmp`, imaging.io's atomic write; pids up to 7 digits).
+NAME_MAX = 255
+TEMP_NAME_EXTRA = 22
 # What srkd's default suffix looks like (`_x4`, `_x3.5`): the mark of an earlier run's output.
 _SCALE_SUFFIX = re.compile(r"_x\d+(?:\.\d+)?$")
 
@@ -88,22 +92,28 @@ class Inputs:
     failed: List[FileResult] = field(default_factory=list)  # named files that cannot be used
     unmatched: List[str] = field(default_factory=list)  # patterns and folders with no image: errors, no image to count
     earlier_outputs: List[Path] = field(default_factory=list)  # srkd's own outputs found in folders and globs, left out
+    in_output_folder: List[Path] = field(default_factory=list)  # images under -o DIR inside a walked folder, left out
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool, suffix: Optional[str] = None) -> Inputs:
+def collect_inputs(inputs: Sequence[str], recursive: bool, suffix: Optional[str] = None,
+                   output_folder: Union[str, Path, None] = None) -> Inputs:
     """The files named by files, folders and globs; a failed result for each named file that is
     not a usable image, and a message for each pattern or folder that gives no image.
 
     Folders and globs leave out the outputs of earlier runs: a file whose name is that of an
     image beside it plus srkd's suffix (`a_x2.png` beside `a.png`, or `--suffix`), so that a
-    second run over a folder does not upscale the first run's outputs. A file named as such is
-    always taken.
+    second run over a folder does not upscale the first run's outputs. A folder also leaves out
+    `output_folder` where that lies inside it (`-r in -o in/out`), for the same reason. A file
+    named as such is always taken.
     """
     got = Inputs()
     found: Dict[Path, Tuple[Path, Path]] = {}
     stems: Dict[Path, Set[str]] = {}
+    out = Path(output_folder).expanduser().resolve() if output_folder is not None else None
     for arg in inputs:
         p = Path(arg).expanduser()
+        inside = out is not None and p.is_dir() and out != p.resolve() and out.is_relative_to(p.resolve())
+        walled = out if inside else None
         pattern = not p.exists() and any(c in arg for c in "*?[")
         try:
             images = find_images([p if p.exists() else arg], recursive=recursive)
@@ -115,15 +125,20 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, suffix: Optional[str]
                 got.failed.append(FileResult(str(arg), None, False, error=str(e)))
             continue
         for f in images:
+            if walled is not None and f.resolve().is_relative_to(walled):
+                got.in_output_folder.append(f)
+                continue
             if (pattern or p.is_dir()) and _earlier_output(f, suffix, stems):
                 got.earlier_outputs.append(f)
                 continue
             found.setdefault(f.resolve(), (f, f.relative_to(p) if p.is_dir() else Path(f.name)))
     got.files = list(found.values())
     if not got.files and not got.failed:
-        if len(got.unmatched) == 1 and not got.earlier_outputs:
+        if len(got.unmatched) == 1 and not got.earlier_outputs and not got.in_output_folder:
             raise InputError(got.unmatched[0])
         left = f" ({len(got.earlier_outputs)} earlier srkd output(s) left out: name them to upscale them)" if got.earlier_outputs else ""
+        if got.in_output_folder:
+            left += f" ({len(got.in_output_folder)} image(s) in the output folder {output_folder} left out)"
         raise InputError(f"no images found in {' '.join(inputs)}{left}")
     return got
 
@@ -216,16 +231,26 @@ def plan_jobs(files: List[Tuple[Path, Path]], opts: OutputOptions, scale: Union[
             ext = _suffix_for(opts.format, f.suffix)
             folder = f.parent if out is None else out / rel.parent
             target = folder / f"{f.stem}{suffix}{ext}"
-        key = target.resolve()
+        size = len(os.fsencode(target.name))
+        if size > NAME_MAX - TEMP_NAME_EXTRA:  # one image's problem, not the batch's: the others go on
+            failed.append(FileResult(str(f), str(target), False, error=f"{target}: file name too long ({size} bytes; "
+                                     f"at most {NAME_MAX - TEMP_NAME_EXTRA}: use a shorter --suffix or -o FILE)"))
+            continue
+        try:
+            key = target.resolve()
+            is_dir, exists = target.is_dir(), target.exists()
+        except OSError as e:
+            failed.append(FileResult(str(f), str(target), False, error=f"{target}: cannot use it ({e.strerror or e})"))
+            continue
         if key in inputs:
             failed.append(FileResult(str(f), str(target), False, error=f"{target}: would overwrite an input (use another -o or --suffix)"))
         elif key in taken:
             failed.append(FileResult(str(f), str(target), False, error=f"{target}: also the output of {taken[key]}"))
-        elif target.is_dir():
+        elif is_dir:
             failed.append(FileResult(str(f), str(target), False, error=f"{target}: is a folder"))
-        elif target.exists() and opts.skip_existing and image_decodes(target):
+        elif exists and opts.skip_existing and image_decodes(target):
             skipped.append(FileResult(str(f), str(target), True, skipped=True))
-        elif target.exists() and not opts.overwrite:
+        elif exists and not opts.overwrite:
             why = ("exists but does not decode (use --overwrite to replace it)" if opts.skip_existing
                    else "already exists (use --skip-existing to keep it, --overwrite to replace it)")
             failed.append(FileResult(str(f), str(target), False, error=f"{target}: {why}"))
@@ -238,7 +263,8 @@ def plan_jobs(files: List[Tuple[Path, Path]], opts: OutputOptions, scale: Union[
 def upscale_image(upscaler: Upscaler, img: Image, alpha_mode: str = "model") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Upscale the colour (or grey) pixels with the model, and the alpha channel as asked.
 
-    An alpha channel that is fully opaque stays exactly opaque whatever the mode.
+    An alpha channel that is fully opaque (or fully transparent) stays exactly so whatever the
+    mode: a model's output of a flat plane rings at its borders (alpha 1-3 of 255).
     """
     if alpha_mode not in ALPHA_MODES:
         raise ConfigError(f"--alpha {alpha_mode}: choose model or bicubic")
@@ -246,8 +272,8 @@ def upscale_image(upscaler: Upscaler, img: Image, alpha_mode: str = "model") -> 
     alpha = img.alpha
     if alpha is not None:
         s = upscaler.scale
-        if bool((alpha >= 1).all()):
-            alpha = torch.ones(1, 1, alpha.shape[2] * s, alpha.shape[3] * s)
+        if bool((alpha >= 1).all()) or bool((alpha <= 0).all()):
+            alpha = torch.full((1, 1, alpha.shape[2] * s, alpha.shape[3] * s), float(alpha.flatten()[0] >= 1))
         elif alpha_mode == "model":
             alpha = upscaler(alpha)
         else:
@@ -319,6 +345,9 @@ def _to_stdout(data: bytes) -> None:
         # The reader left: keep Python's exit-time flush from failing on the closed pipe too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise OutputError("-: cannot write to stdout (the reading end of the pipe closed)") from None
+    except OSError as e:  # a full disk or /dev/full
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError(f"-: could not write stdout ({e.strerror or e})") from None
 
 
 def run_jobs(

@@ -11,7 +11,7 @@ def test_swinir_parameter_counts_match_spec(blocks, params):
 
 
 def test_registry_lists_the_architectures():
-    assert list_archs() == ["edsr-t", "carn-m", "imdn", "bsrn", "squeezesr", "repsr", "swinir"]
+    assert list_archs() == ["edsr-t", "carn-m", "imdn", "bsrn", "squeezesr", "repsr", "swinir", "esrgan", "compact"]
     assert get_arch("EDSR_T") is ARCHS["edsr-t"]
     with pytest.raises(ConfigError, match="unknown architecture 'vdsr'"):
         get_arch("vdsr")
@@ -22,7 +22,7 @@ def test_registry_lists_the_architectures():
 
 
 @pytest.mark.parametrize("arch,cfg", [("edsr-t", {"modules_per_block": 2}), ("imdn", {"blocks": 2}), ("bsrn", {"blocks": 2}), ("carn-m", {}), ("squeezesr", {}),
-                                      ("swinir", {"blocks": 1, "depth": 2})])
+                                      ("swinir", {"blocks": 1, "depth": 2}), ("compact", {"n_feats": 8, "convs": 3})])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_shapes_features_and_detection(arch, cfg, scale):
     torch.manual_seed(0)

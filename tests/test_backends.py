@@ -77,7 +77,7 @@ def test_pick_backend_and_prepare_speak_the_registry():
         prepare(squeeze, "tensorrt")
     with pytest.raises(ConfigError, match=r"--precision fp16 runs on --backend torch or torch-opt \(or auto\), not onnxruntime"):
         prepare(squeeze, "onnxruntime", precision="fp16")
-    with pytest.raises(ConfigError, match="only SqueezeSR or RepSR-architecture models have an int8 path, not EDSRT"):
+    with pytest.raises(ConfigError, match="only SqueezeSR, RepSR or SRVGGNetCompact-architecture models have an int8 path, not EDSRT"):
         prepare(edsr, "onnxruntime", precision="int8")
 
 

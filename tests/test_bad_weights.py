@@ -171,7 +171,8 @@ def test_odd_scales_are_named(tmp_path):
 
 SMALL = {"edsr-t": {"modules_per_block": 1, "n_feats": 16}, "imdn": {"blocks": 2, "n_feats": 16}, "carn-m": {"n_feats": 16},
          "squeezesr": {"n_feats": 16, "squeeze": 4, "expand1x1": 8}, "swinir": {"blocks": 1, "depth": 2, "embed_dim": 12},
-         "bsrn": {"n_feats": 16, "blocks": 2}}  # small: every tensor is dropped in turn
+         "bsrn": {"n_feats": 16, "blocks": 2}, "esrgan": {"n_feats": 8, "blocks": 1, "growth": 4},
+         "compact": {"n_feats": 8, "convs": 2}}  # small: every tensor is dropped in turn
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

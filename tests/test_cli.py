@@ -76,7 +76,7 @@ def test_usage_errors_are_one_line_exit_2(run_cli, argv, says):
 
 def test_train_set_and_bench_model_options_parse_values_alike():
     """`--set KEY=VALUE` and `bench --model ARCH:KEY=VALUE` share one parser (srkd_cli.config)."""
-    from srkd_cli.cli.train import _parse_sets
+    from srkd_cli.config import parse_settings as _parse_sets
     from srkd_cli.config import parse_setting
     from srkd_cli.errors import ConfigError
 

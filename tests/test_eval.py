@@ -11,8 +11,8 @@ KEYS = {"model", "scale", "dataset", "n_images", "psnr_y", "ssim_y", "psnr_rgb",
 
 
 def _eval_json(run_cli, tmp_path, *args):
-    out = tmp_path / "r.json"
-    code, stdout, err = run_cli("eval", *args, "--json", out)
+    out = tmp_path / "r.json"  # one report file, rewritten by each call
+    code, stdout, err = run_cli("eval", *args, "--json", out, "--overwrite")
     assert code == 0, err
     return json.loads(out.read_text()), stdout
 

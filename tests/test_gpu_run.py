@@ -365,7 +365,8 @@ def test_swinir_learns_another_architectures_output_only():
     swin = build_model("swinir", 2, blocks=1, embed_dim=12, depth=2, num_heads=2, window_size=4)
     teacher = build_model("squeezesr", 2, n_feats=8, squeeze=4, expand1x1=4)
     with pytest.raises(ConfigError, match="learns only its output; give --out-weight > 0"):
-        make_distill_recipe("swinir", swin, "squeezesr", teacher)
+        make_distill_recipe("swinir", swin, "squeezesr", teacher, out_weight=0.0)
+    assert make_distill_recipe("swinir", swin, "squeezesr", teacher).out_weight == 1.0  # not given: output KD's default
     recipe = make_distill_recipe("swinir", swin, "squeezesr", teacher, out_weight=0.5)
     assert isinstance(recipe, FeatureKD) and recipe.name == "output-kd" and recipe.pairs == [] and recipe.beta == 0.0
     lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)

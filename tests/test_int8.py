@@ -88,14 +88,14 @@ def test_int8_on_other_paths_is_one_clear_line(run_cli, tmp_path, set5):
     cases = [
         (["--scale", "2", "--backend", "torch"], "--precision int8 runs on --backend onnxruntime"),
         (["--scale", "2", "--backend", "torch-opt"], "--precision int8 runs on --backend onnxruntime"),
-        (["-w", edsr], "only SqueezeSR or RepSR-architecture models have an int8 path"),
+        (["-w", edsr], "only SqueezeSR, RepSR or SRVGGNetCompact-architecture models have an int8 path"),
     ]
     for extra, says in cases:
         code, out, err = run_cli("upscale", src, "-o", tmp_path / "o.png", "--precision", "int8", "--device", "cpu", *extra)
         assert code != 0 and says in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli("export", str(edsr), "-o", tmp_path / "e.onnx", "--int8")
-    assert code != 0 and "only SqueezeSR or RepSR-architecture models" in err and "Traceback" not in err
+    assert code != 0 and "only SqueezeSR, RepSR or SRVGGNetCompact-architecture models" in err and "Traceback" not in err
     code, _, err = run_cli("export", "squeezesr-x2", "-o", tmp_path / "e.pt", "--int8", "--format", "torchscript")
     assert code != 0 and "--int8 writes ONNX" in err
 

@@ -4,6 +4,7 @@ from the patch border, bounded in memory, reused from a folder, and wired into `
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -220,3 +221,156 @@ def test_a_narrower_student_learns_through_an_adapter_that_export_drops(tmp_path
                                 batch=4, patch=16, log_every=1, val_every=0, ckpt_every=0, device="cpu", quiet=True,
                                 seed=1, arch_config={"n_feats": 8, "squeeze": 4, "expand1x1": 4}, teacher_cache="ram", resume=True))
     assert resumed.step == 8
+
+
+# ----------------------------------------------------------------------------- at user scale (issues 33, 35)
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("dtype,size", [("fp16", 2), ("uint8", 1), ("fp32", 4)])
+def test_cache_dtypes_store_targets_compactly(store, dtype, size):
+    """fp16 and uint8 keep the teacher's image within half a grey level of fp32 (uint8: the 8-bit image), and
+    its features within half a step of 256 per channel, in half and a quarter of the bytes."""
+    teacher = local_teacher(2)
+    cache = TeacherCache(teacher, store, 2, PATCH, ("T1",), True, "ram", dtype=dtype)
+    assert cache.bytes_per_lr_pixel == size * (8 + 3 * 4)
+    sampler = PatchSampler(store, 2, PATCH, 4, seed=5)
+    sampler.next()
+    out, feats = cache.targets(sampler.last_params)
+    exact = TeacherCache(teacher, store, 2, PATCH, ("T1",), True, "ram", dtype="fp32")
+    e_out, e_feats = exact.targets(sampler.last_params)
+    assert out.shape == e_out.shape and feats["T1"].shape == e_feats["T1"].shape
+    if dtype == "uint8":
+        assert (out - e_out.clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-6
+        span = max(float(v["T1"].float().amax() - v["T1"].float().amin()) for v in cache._entries.values())
+        assert (feats["T1"].float() - e_feats["T1"]).abs().max() <= span / 510 + 1e-5
+    else:
+        tol = 1e-6 if dtype == "fp32" else 2e-3
+        assert torch.allclose(out.float(), e_out, atol=tol) and torch.allclose(feats["T1"].float(), e_feats["T1"], atol=tol, rtol=tol)
+
+
+def test_uint8_folder_cache_reads_back_what_it_stored(store, tmp_path):
+    teacher = local_teacher(2)
+    sampler = PatchSampler(store, 2, PATCH, 4, seed=6)
+    sampler.next()
+    folder = TeacherCache(teacher, store, 2, PATCH, ("T1", "T2"), True, str(tmp_path), dtype="uint8")
+    ram = TeacherCache(teacher, store, 2, PATCH, ("T1", "T2"), True, "ram", dtype="uint8")
+    (a, af), (b, bf) = folder.targets(sampler.last_params), ram.targets(sampler.last_params)
+    assert torch.equal(a, b) and all(torch.equal(af[k], bf[k]) for k in af)
+    folders = {TeacherCache(teacher, store, 2, PATCH, ("T1",), True, str(tmp_path), dtype=d).folder for d in tc.DTYPES}
+    assert len(folders) == 3 and folder.folder in folders  # each storage is a folder of its own
+
+
+def test_halo_mode_gives_the_whole_image_answer_for_a_local_teacher(store):
+    """`--teacher-cache halo`: the teacher sees the patch widened by its receptive radius, so for a
+    purely local teacher the targets equal the whole-image answer the cache stores."""
+    teacher = local_teacher(2)
+    wide = PatchSampler(store, 2, PATCH + 2 * RADIUS, 4, seed=2)
+    halo = tc.HaloTeacher(teacher, wide, 2, 2, PATCH, RADIUS, ("T1", "T3"), True)
+    lr, hr = halo.next()
+    assert lr.shape[-1] == PATCH and hr.shape[-1] == PATCH * 2
+    out, feats = halo.targets(halo.last_params)
+    whole = TeacherCache(teacher, store, 2, PATCH + 2 * RADIUS, ("T1", "T3"), True, "ram", dtype="fp32")
+    w_out, w_feats = whole.targets(halo.last_params)
+    r, rs = RADIUS, RADIUS * 2
+    assert torch.allclose(out, w_out[..., rs:-rs, rs:-rs], atol=1e-5)
+    assert torch.allclose(feats["T3"], w_feats["T3"][..., r:-r, r:-r], atol=1e-5)
+    assert tc.parse_mode("halo:7") == "halo:7" and tc.halo_margin("halo:7", teacher) == 7
+    with pytest.raises(ConfigError, match="halo:R"):
+        tc.parse_mode("halo:x")
+
+
+def _srkd(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "srkd_cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, **kw)
+
+
+def _tiny_teacher_file(tmp_path) -> Path:
+    torch.manual_seed(0)
+    cfg = dict(n_feats=8, blocks=3, modules_per_block=1)
+    return save_checkpoint(tmp_path / "tiny-teacher.safetensors", build_model("edsr-t", 2, **cfg), "edsr-t",
+                           get_arch("edsr-t").config(**cfg))
+
+
+def test_a_damaged_cache_entry_is_named_rebuilt_and_the_run_goes_on(tmp_path):
+    """Issue 33 item 10: a pickle where an array was, a truncated file and an empty one; a real `srkd distill`."""
+    teacher = _tiny_teacher_file(tmp_path)
+    cache_dir = tmp_path / "cache"
+    args = ["distill", "--teacher", teacher, "--student", "squeezesr", "--scale", "2", "--data", HR, "--steps", "2",
+            "--batch", "2", "--patch", "16", "--device", "cpu", "--threads", "1", "--teacher-cache", cache_dir,
+            "--out-weight", "0.5"]
+    first = _srkd(*args, "--out", tmp_path / "a")
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    [folder] = cache_dir.iterdir()
+    files = sorted(folder.glob("*.npy"))
+    assert len(files) == 5 * CODES * 4  # T1..T3 and the output
+    pickled, truncated, empty = files[3], files[17], files[40]
+    np.save(pickled, np.array([{"not": "an array"}], dtype=object), allow_pickle=True)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    empty.write_bytes(b"")
+    again = _srkd(*args, "--out", tmp_path / "b")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "internal error" not in err and "Traceback" not in err
+    for f in (pickled, truncated, empty):
+        assert f"{f} is damaged" in err.replace("\n", "")  # named, one warning each
+        np.load(f, mmap_mode="r")  # rebuilt: readable again
+    assert "3 computed" in err or "(3 computed)" in err
+    assert (tmp_path / "b" / "final.safetensors").is_file()
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 180) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def _slow_fill_args(tmp_path, cache_dir):
+    """BSRN x2 (bundled) on Set5: 40 entries of a real teacher, about a second each on one thread."""
+    return ["distill", "--teacher", "bsrn-x2", "--student", "repsr", "--scale", "2", "--data", HR, "--steps", "5",
+            "--batch", "2", "--patch", "16", "--device", "cpu", "--threads", "1", "--teacher-cache", cache_dir,
+            "--out", tmp_path / "run"]
+
+
+def test_sigterm_during_the_cache_fill_stops_promptly_and_cleanly(tmp_path):
+    """Issue 33 item 11: SIGTERM to a real `srkd distill` filling its cache: it stops within an entry, exits 130,
+    leaves no temporary file and no training state; the entries made are kept and the next run reuses them."""
+    cache_dir = tmp_path / "cache"
+    proc = _srkd(*_slow_fill_args(tmp_path, cache_dir))
+    _wait_for(lambda: len(list(cache_dir.glob("*/*.npy"))) >= 2, proc)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t
+    assert proc.returncode == 130, err
+    assert took < 15, f"{took:.1f} s after SIGTERM"
+    assert "stopped while filling (terminated)" in err and "Traceback" not in err
+    made = list(cache_dir.glob("*/*.npy"))
+    assert 0 < len(made) < 5 * CODES * 4
+    assert not list(cache_dir.glob("*/.*")) and not (tmp_path / "run" / "state.pt").exists()
+
+
+def test_time_limit_stops_the_cache_fill_with_an_eta(tmp_path):
+    cache_dir = tmp_path / "cache"
+    proc = _srkd(*_slow_fill_args(tmp_path, cache_dir), "--time-limit", "4")
+    t = time.monotonic()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "stopped while filling (time limit" in err
+    assert re.search(r"teacher cache: \d+/40 entries \(\d+ computed\), \d+ s, about .* left", err), err
+    assert time.monotonic() - t < 60

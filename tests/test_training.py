@@ -258,8 +258,10 @@ def test_recipe_pairs_and_init_from_teacher():
     assert isinstance(make_distill_recipe("swinir", student, "swinir", teacher, alpha=0.5), AlphaKD)
     with pytest.raises(ConfigError, match="init-from-teacher"):
         init_from_teacher(build_model("swinir", 2, **{**TINY_SWIN, "embed_dim": 8}), teacher)
-    with pytest.raises(ConfigError, match="does not fit"):
-        make_distill_recipe("squeezesr", build_model("squeezesr", 2), "swinir", teacher)
+    # a pair the table does not know learns the teacher's output alone (issue 35: any teacher srkd loads)
+    assert make_distill_recipe("squeezesr", build_model("squeezesr", 2), "swinir", teacher).name == "output-kd"
+    with pytest.raises(ConfigError, match="shares no feature"):
+        make_distill_recipe("squeezesr", build_model("squeezesr", 2), "swinir", teacher, out_weight=0.0)
     # an 8-channel teacher and a 64-channel student: each pair gets a 1x1 adapter to the teacher's width
     wide = make_distill_recipe("squeezesr", build_model("squeezesr", 2), "edsr-t", build_model("edsr-t", 2, **TINY_EDSR))
     assert {k: tuple(a.weight.shape) for k, a in wide.adapters.items()} == {f"S{i}": (8, 64, 1, 1) for i in (1, 2, 3)}
@@ -432,11 +434,10 @@ def test_cli_bad_options_give_one_line(images, teachers, tmp_path, capsys):
     assert "--teacher" in err and "x2" in err and "x3" in err
     err = _one_line_error(capsys, ["distill", "--teacher", "swinir4-x2", "--student", "swinir", "--scale", "4", *common])
     assert "swinir4-x2" in err and "x4" in err
+    # every pair distils now (output KD where the table has no pairing); an explicit zero output weight cannot
     err = _one_line_error(capsys, ["distill", "--teacher", str(teachers["swinir"]), "--student", "squeezesr",
-                                   "--scale", "2", *common])
-    assert "does not fit" in err
-    err = _one_line_error(capsys, ["distill", "--teacher", "swinir4", "--student", "squeezesr", "--scale", "2", *common])
-    assert "does not fit a swinir teacher" in err  # refused from the zoo entry, before any download
+                                   "--scale", "2", "--out-weight", "0", *common])
+    assert "shares no feature" in err
     err = _one_line_error(capsys, ["train", "--arch", "squeezesr", "--scale", "5", *common])
     assert "--scale 5" in err
     assert not (tmp_path / "o").exists()
@@ -477,3 +478,79 @@ def test_step_rates_leave_out_the_first_step_of_an_invocation(images, tmp_path):
     train(_cfg(images, tmp_path / "r", steps=8, log_every=4, ckpt_every=4, resume=True))
     records = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["timed_steps"]) for r in records if r["event"] == "train"] == [(4, 3), (8, 3)]
+
+
+# ---------------------------------------------------------------- precision and the held-out slice
+
+
+def test_bf16_training_keeps_fp32_state_and_records_its_precision(images, tmp_path):
+    res = train(_cfg(images, tmp_path / "bf", steps=6, ckpt_every=3, precision="bf16", ema=0.9))
+    st = torch.load(tmp_path / "bf" / "state.pt", weights_only=True)
+    assert st["precision"] == "bf16"
+    # autocast only: the master weights, the EMA and Adam's moments stay fp32
+    assert all(v.dtype == torch.float32 for v in st["model"].values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in st["ema"].values() if v.is_floating_point())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in st["optimizer"]["state"].values())
+    prov = json.loads(load_checkpoint(res.final).metadata["provenance"])
+    assert prov["precision"] == "bf16"
+    fp = train(_cfg(images, tmp_path / "fp", steps=6, precision="fp32"))
+    assert json.loads(load_checkpoint(fp.final).metadata["provenance"])["precision"] == "fp32"
+    # the same seed and patch stream: bf16 moves the weights, but not far
+    a, b = res.model.state_dict(), fp.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_resume_is_exact_and_a_changed_precision_is_named(images, tmp_path):
+    straight = train(_cfg(images, tmp_path / "a", steps=8, ckpt_every=3, precision="bf16"))
+    train(_cfg(images, tmp_path / "b", steps=8, ckpt_every=3, stop_after=4, precision="bf16"))
+    second = train(_cfg(images, tmp_path / "b", steps=8, ckpt_every=3, resume=True, precision="bf16"))
+    sa, sb = straight.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    train(_cfg(images, tmp_path / "c", steps=8, ckpt_every=3, stop_after=4, precision="bf16"))
+    third = train(_cfg(images, tmp_path / "c", steps=8, ckpt_every=3, resume=True, precision="fp32"))
+    assert any("trained in bf16 and goes on in fp32" in w for w in third.warnings)
+
+
+def test_auto_precision_follows_the_cpu_and_the_architecture(images, tmp_path):
+    from srkd_cli.runtime.cpu import cpu_bf16_units
+    from srkd_cli.training.trainer import resolve_train_precision
+
+    want = "bf16" if cpu_bf16_units() else "fp32"
+    assert Trainer(_cfg(images, tmp_path / "auto")).precision == want
+    cpu, warnings = torch.device("cpu"), []
+    assert resolve_train_precision("auto", cpu, get_arch("swinir"), warnings) == \
+        ("bf16" if cpu_bf16_units() and get_arch("swinir").cpu_bf16_train else "fp32")
+    assert resolve_train_precision("fp32", cpu, get_arch("repsr"), warnings) == "fp32"
+    assert resolve_train_precision("auto", torch.device("cuda"), get_arch("repsr"), warnings) == "bf16"
+    assert resolve_train_precision("fp32", torch.device("cuda"), get_arch("repsr"), warnings) == "fp32"
+    with pytest.raises(ConfigError, match="--precision bf16"):
+        resolve_train_precision("bf16", torch.device("mps"), get_arch("repsr"), warnings)
+
+
+def test_val_split_holds_images_out_and_picks_best_on_them(images, val_dir, tmp_path):
+    run = tmp_path / "vs"
+    t = Trainer(_cfg(images, run, steps=8, val_every=4, val=[val_dir], val_split=2))
+    assert len(t.held_out) == 2 and not set(t.held_out) & set(t.store.files)
+    assert set(t.val_sets) == {"held-out", val_dir.name}
+    res = t.run()
+    vals = _log(run, "val")
+    assert [r["step"] for r in vals] == [4, 8]
+    # the held-out slice picks best.safetensors; the --val set is only logged beside it
+    assert all(r["psnr_y"] == r["sets"]["held-out"] and val_dir.name in r["sets"] for r in vals)
+    assert res.best_psnr == max(r["sets"]["held-out"] for r in vals)
+    prov = json.loads(load_checkpoint(res.final).metadata["provenance"])
+    assert sorted(prov["val_split"]) == sorted(p.name for p in t.held_out)
+    # the same slice for any seed: arms compared on it are compared on the same images
+    assert Trainer(_cfg(images, tmp_path / "other", seed=9, val_split=2)).held_out == t.held_out
+
+
+def test_val_split_errors_and_resume_guard(images, tmp_path, capsys):
+    err = _one_line_error(capsys, ["train", "--arch", "squeezesr", "--scale", "2", "--data", str(images),
+                                   "--out", str(tmp_path / "x"), "--val-split", "50", "--device", "cpu"])
+    assert "--val-split 50" in err and "hold out fewer" in err
+    err = _one_line_error(capsys, ["train", "--arch", "squeezesr", "--scale", "2", "--data", str(images),
+                                   "--out", str(tmp_path / "x"), "--precision", "fp16", "--device", "cpu"])
+    assert "--precision fp16" in err and "auto, fp32, bf16" in err
+    train(_cfg(images, tmp_path / "r", steps=6, ckpt_every=2, stop_after=2, val_split=1))
+    with pytest.raises(ConfigError, match="--val-split"):
+        train(_cfg(images, tmp_path / "r", steps=6, resume=True, val_split=2))

@@ -20,7 +20,7 @@ from torch import nn
 from ..config import SCALES, check_scale
 from ..errors import CheckpointError, ConfigError
 from .base import SRModel
-from . import carn, fuse, repsr
+from . import carn, compact, esrgan, fuse, repsr
 from .bsrn import BSRN
 from .edsr_t import EDSRT
 from .imdn import IMDN
@@ -69,8 +69,18 @@ class ArchSpec:
     # `--precision auto` picks it there (measured: docs/performance.md, "Training precision").
     cpu_bf16_train: bool = True
     # The rules of its options beyond those their defaults imply (archs/options.py): ranges,
-    # divisibility. config -> None, or OptionError(option, value, what it accepts).
+    # divisibility. config -> None, or OptionError(option, value, what it accepts). It runs first,
+    # so it reads each option it checks through `whole`/`number`, which check the type too.
     validate: Callable[[Dict[str, Any]], None] = no_more_rules
+    # How many input pixels beyond a pixel can change its output in theory, counting its convolutions
+    # (config, scale) -> pixels; None where attention or channel statistics reach the whole input.
+    # Wider than `receptive_radius` may be; `Upscaler` sizes its default tile overlap from it.
+    receptive_field: Optional[Callable[[Dict[str, Any], int], int]] = None
+    # Options a foreign file's tensors cannot tell, which detection assumed: (state dict, config) ->
+    # {option: the sentence saying so}; the loader passes each on unless the user set that option.
+    assumed: Optional[Callable[[StateDict, Dict[str, Any]], Dict[str, str]]] = None
+    # The key layout a foreign state dict is in, in words (`srkd info`); None: the architecture has one.
+    layout: Optional[Callable[[StateDict], Optional[str]]] = None
 
     def config(self, **overrides: Any) -> Dict[str, Any]:
         """The defaults with `overrides`, every option checked: one ConfigError line naming a bad one."""
@@ -79,8 +89,8 @@ class ArchSpec:
             raise ConfigError(f"{self.name} has no option {sorted(unknown)}; options: {sorted(self.defaults)}")
         cfg = {**self.defaults, **overrides}
         try:
-            by_default(cfg, self.defaults)
             self.validate(cfg)
+            by_default(cfg, self.defaults)
         except OptionError as e:  # the rules name the option; the architecture is named here, once
             raise OptionError(e.option, e.value, e.accepts, self.name) from None
         return cfg
@@ -200,6 +210,65 @@ def _detect_repsr(sd: StateDict):
     return dict(n_feats=head, layers=_count(sd, r"body\.(\d+)\.")), _scale_from_channels(tail)
 
 
+# Each architecture's option rules beyond the whole/positive numbers its defaults imply (`ArchSpec.validate`).
+def _check_carn_m(cfg: Dict[str, Any]) -> None:
+    n, groups = whole(cfg, "n_feats"), whole(cfg, "groups")
+    if n % groups:
+        raise OptionError("groups", groups, f"a divisor of n_feats ({n})")
+
+
+def _check_attention_width(cfg: Dict[str, Any]) -> None:
+    # IMDN's and BSRN's channel attention squeeze their features 16 times (IMDN: its 4 quarters)
+    whole(cfg, "n_feats", least=16)
+
+
+def _check_squeezesr(cfg: Dict[str, Any]) -> None:
+    n, expand = whole(cfg, "n_feats", least=2), whole(cfg, "expand1x1")
+    if expand >= n:
+        raise OptionError("expand1x1", expand, f"a whole number from 1 to n_feats - 1 ({n - 1})")
+
+
+def _check_repsr(cfg: Dict[str, Any]) -> None:
+    whole(cfg, "layers", least=3)  # S1..S3 tap a third, two thirds and the end of the stack
+
+
+def _check_esrgan(cfg: Dict[str, Any]) -> None:
+    if whole(cfg, "unshuffle") not in (1, 2, 4):
+        raise OptionError("unshuffle", cfg["unshuffle"], "1, 2 or 4 (Real-ESRGAN's pixel-unshuffle input)")
+
+
+def _check_compact(cfg: Dict[str, Any]) -> None:
+    if cfg["act"] not in compact.ACTS:
+        raise OptionError("act", cfg["act"], ", ".join(compact.ACTS))
+
+
+def _check_swinir(cfg: Dict[str, Any]) -> None:
+    dim, heads = whole(cfg, "embed_dim"), whole(cfg, "num_heads")
+    if dim % heads:
+        raise OptionError("num_heads", heads, f"a divisor of embed_dim ({dim})")
+    if int(dim * number(cfg, "mlp_ratio")) < 1:  # the MLP's hidden width
+        raise OptionError("mlp_ratio", cfg["mlp_ratio"], f"a number >= 1/embed_dim ({1 / dim:.3g})")
+
+
+def _esrgan_bytes(cfg: Dict[str, Any], s: int) -> int:
+    """RRDBNet's peak float32 bytes per input pixel: the dense blocks' concatenations at the
+    unshuffled size, then the nearest x2 stages, whose maps at the output size dominate.
+
+    Measured with scripts/arch_memory.py (peak-RSS rise of one forward pass on a 128x128 input in a
+    fresh process, one thread, CPU): 64 features / 23 blocks / growth 32: x4 23.0k B, x2 (unshuffle 2)
+    3.9k; 32 / 2 / 16 (the fixture): x4 7.7k, x2 1.9k. This estimate: 25.0k, 4.2k, 12.6k, 2.1k."""
+    n, g, u = cfg["n_feats"], cfg["growth"], cfg["unshuffle"]
+    return int(4 * ((5 * n + 8 * g) / (u * u) + (s + 1.5) * n * s * s) + 12 * s * s)
+
+
+def _compact_bytes(cfg: Dict[str, Any], s: int) -> int:
+    """SRVGGNetCompact's peak float32 bytes per input pixel: a few feature maps (oneDNN reorders
+    included) and the sub-pixel output with its nearest-neighbour base. Measured as for ESRGAN:
+    64 features / 16 convs x4 1.5k B, x2 1.7k; 64 / 32 x4 1.2k, x2 1.5k; 16 / 4 x4 1.2k, x2 0.6k.
+    This estimate: 2.8k, 2.0k, 2.8k, 2.0k, 1.4k, 0.7k."""
+    return 4 * (7 * cfg["n_feats"] + 5 * 3 * s * s)
+
+
 ARCHS: Dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
@@ -218,6 +287,7 @@ ARCHS: Dict[str, ArchSpec] = {
             cls=carn.CARNM,
             defaults=dict(n_feats=64, groups=4),
             detect=_detect_carn_m,
+            validate=_check_carn_m,
             description="CARN-M (Ahn et al. 2018), official weights: a mobile teacher, one file for x2/x3/x4",
             feature_names=lambda cfg: carn.CARNM.feature_names,
             # the cascades keep up to four concatenated copies of the features
@@ -229,6 +299,7 @@ ARCHS: Dict[str, ArchSpec] = {
             cls=IMDN,
             defaults=dict(n_feats=64, blocks=6),
             detect=_detect_imdn,
+            validate=_check_attention_width,
             description="IMDN (Hui et al. 2019), official weights: a lightweight teacher a CPU can run",
             feature_names=lambda cfg: IMDN.feature_names_for(cfg["blocks"]),
             # every block's output is kept for the final fusion, then concatenated once more
@@ -239,6 +310,7 @@ ARCHS: Dict[str, ArchSpec] = {
             cls=BSRN,
             defaults=dict(n_feats=64, blocks=8),
             detect=_detect_bsrn,
+            validate=_check_attention_width,
             description="BSRN (Li et al. 2022), official weights, MIT: a lightweight teacher a CPU can run",
             feature_names=lambda cfg: BSRN.feature_names_for(cfg["blocks"]),
             # every block's output is kept for the final fusion, then concatenated once more; measured
@@ -253,6 +325,7 @@ ARCHS: Dict[str, ArchSpec] = {
             cls=SqueezeSR,
             defaults=dict(n_feats=64, blocks=3, squeeze=16, expand1x1=32),
             detect=_detect_squeezesr,
+            validate=_check_squeezesr,
             description="SqueezeSR student (paper 1): 3 fire-style squeeze blocks",
             feature_names=lambda cfg: tuple(f"S{i + 1}" for i in range(cfg["blocks"])),
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 11 + 7 * 12 * s * s,
@@ -268,6 +341,7 @@ ARCHS: Dict[str, ArchSpec] = {
             cls=RepSR,
             defaults=dict(n_feats=16, layers=9),
             detect=_detect_repsr,
+            validate=_check_repsr,
             description="RepSR (srkd): a plain 3x3-conv student trained re-parameterised (--reparam), SESR-style",
             feature_names=lambda cfg: ("S1", "S2", "S3"),
             # two feature maps live at once, plus the s*s*3 sub-pixel output and its input copy
@@ -283,6 +357,7 @@ ARCHS: Dict[str, ArchSpec] = {
             cls=SwinIR,
             defaults=dict(blocks=4, embed_dim=60, depth=6, num_heads=6, window_size=8, mlp_ratio=2.0, img_range=1.0),
             detect=_detect_swinir,
+            validate=_check_swinir,
             description="SwinIR-light (paper 2): 4 RSTBs as teacher, 1-3 RSTBs as students",
             feature_names=lambda cfg: ("F1",),
             # the attention scores of every window dominate
@@ -292,6 +367,41 @@ ARCHS: Dict[str, ArchSpec] = {
             supports_half=False,
             channels_last=False,
             window_multiple=lambda cfg: int(cfg["window_size"]),
+        ),
+        ArchSpec(
+            name="esrgan",
+            cls=esrgan.RRDBNet,
+            defaults=dict(n_feats=64, blocks=23, growth=32, unshuffle=1),
+            detect=esrgan.detect,
+            validate=_check_esrgan,
+            description="ESRGAN / Real-ESRGAN RRDBNet (Wang et al. 2018/2021): most community upscaling models; "
+                        "BasicSR and original ESRGAN key layouts, x2 pixel-unshuffle input",
+            feature_names=lambda cfg: esrgan.RRDBNet.feature_names_for(cfg["blocks"]),
+            bytes_per_pixel=lambda cfg, s: _esrgan_bytes(cfg, s),
+            canonicalize=esrgan.canonicalize,
+            # tiles start on the unshuffle grid, so a tile unshuffles as the whole image does
+            window_multiple=lambda cfg: int(cfg["unshuffle"]),
+            receptive_field=esrgan.receptive_field,
+            layout=lambda sd: esrgan.LAYOUT_NAMES.get(esrgan.layout(sd) or ""),
+        ),
+        ArchSpec(
+            name="compact",
+            cls=compact.SRVGGNetCompact,
+            defaults=dict(n_feats=64, convs=16, act="prelu"),
+            detect=compact.detect,
+            validate=_check_compact,
+            description="Real-ESRGAN Compact, SRVGGNetCompact (realesr-general / animevideo): a plain 3x3-conv "
+                        "network at the input size",
+            feature_names=lambda cfg: ("T1", "T2", "T3") if cfg["convs"] >= 3 else (),
+            bytes_per_pixel=lambda cfg, s: _compact_bytes(cfg, s),
+            graph_form=compact.graph_form,
+            # 3x3 convs at the input size only: exact cache-sized pieces pay, so auto runs onnxruntime
+            receptive_radius=compact.receptive_radius,
+            receptive_field=lambda cfg, s: int(cfg["convs"]) + 2,
+            int8=compact.int8_form,
+            assumed=compact.assumed,
+            layout=lambda sd: "Real-ESRGAN SRVGGNetCompact (body.N: convs at even N"
+                              + (", PReLU slopes at odd N)" if compact.has_prelu(sd) else ", no PReLU)"),
         ),
     )
 }
@@ -330,7 +440,10 @@ def detect_arch(sd: StateDict) -> Optional[Tuple[ArchSpec, Dict[str, Any], Optio
             raise CheckpointError(f"looks like {spec.name} but {what}") from None
         if found:
             cfg, scale = found
-            return spec, spec.config(**cfg), scale
+            try:
+                return spec, spec.config(**cfg), scale
+            except ConfigError as e:  # shapes that describe options the architecture does not accept
+                raise CheckpointError(f"looks like {spec.name} but {e}") from None
     return None
 
 

@@ -72,3 +72,23 @@ def pixel_shuffle_upsampler(n_feats: int, scale: int, out_channels: int) -> nn.S
         raise ValueError(f"scale {scale} is not supported (2, 3 or 4)")
     layers.append(nn.Conv2d(n_feats, out_channels, 3, padding=1))
     return nn.Sequential(*layers)
+
+
+class NearestSubpixel(nn.Module):
+    """A nearest-neighbour-residual net (`model.learned(x)` + the input repeated per sub-pixel)
+    stopped before its pixel shuffle, for int8 export (`runtime.ort.OnnxModel` reads
+    `export_metadata` and shuffles). The residual is a one-hot 1x1 conv: an ordinary conv to the
+    quantiser, and exact in int8 (weights 1 on the input's 8-bit levels)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.scale = model, model.scale
+        s2 = model.scale * model.scale
+        base = torch.zeros(3 * s2, 3, 1, 1)
+        for c in range(3):
+            base[c * s2:(c + 1) * s2, c] = 1.0
+        self.register_buffer("base", base)
+        self.export_metadata = {"subpixel": True, "column_pairs": 1}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.learned(x)[0] + torch.nn.functional.conv2d(x, self.base.to(x.dtype))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import SRModel
+from .base import NearestSubpixel, SRModel
 
 
 class RepSR(SRModel):
@@ -63,23 +63,7 @@ class RepSR(SRModel):
         return F.pixel_shuffle(out + x.repeat_interleave(s * s, dim=1), s), feats
 
 
-class RepSRSubpixel(nn.Module):
-    """RepSR stopped before its pixel shuffle, for int8 export (`runtime.ort.OnnxModel` reads
-    `export_metadata` and shuffles). The residual base is a one-hot 1x1 conv: an ordinary conv to
-    the quantiser, and exact in int8 (weights 1 on the input's 8-bit levels)."""
-
-    def __init__(self, model: RepSR):
-        super().__init__()
-        self.model, self.scale = model, model.scale
-        s2 = model.scale * model.scale
-        base = torch.zeros(3 * s2, 3, 1, 1)
-        for c in range(3):
-            base[c * s2:(c + 1) * s2, c] = 1.0
-        self.register_buffer("base", base)
-        self.export_metadata = {"subpixel": True, "column_pairs": 1}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.learned(x)[0] + F.conv2d(x, self.base.to(x.dtype))
+RepSRSubpixel = NearestSubpixel  # the int8 form (archs/base.py)
 
 
 def int8_form(model: RepSR, crops: Sequence[np.ndarray], recipe: Dict[str, Any]) -> nn.Module:

@@ -4,12 +4,24 @@ State-dict keys and shapes follow the official `network_swinir.py`, so the relea
 load as they are. The buffers that depend on the training `img_size` (`attn_mask`) and the
 `relative_position_index` are not persistent here: they are rebuilt for whatever size comes in.
 Only the `pixelshuffledirect` upsampler and `1conv` residual connection of SwinIR-light are built.
+
+Two attention paths (`SwinIR.set_attention`, docs/performance.md "SwinIR training step on the CPU"):
+- "exact" (the default): the official arithmetic (scaled q @ k^T + bias [+ shift mask], softmax,
+  @ v), bit-identical to the code before issue 32, so the conformance fixtures hold as before.
+  The bias and shift mask broadcast over the images instead of being copied per image.
+- "fused": `F.scaled_dot_product_attention` with the relative position bias (and the shift mask)
+  as a float additive mask; no (windows, heads, 64, 64) score tensor is kept for backward. It
+  agrees with the exact path to 1e-5 in fp32, forward and gradient (tests/test_swinir_speed_path.py),
+  but measured no faster per training step on the 2-core CPU in fp32 and slower under bf16
+  autocast, so it is opt-in (e.g. to save the score memory, or on a GPU once measured there).
+The cyclic shift and window partition of the shifted blocks are one `index_select` each way
+instead of roll + partition + reverse + roll (same values, fewer copies).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +44,37 @@ def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tens
 
 @lru_cache(maxsize=8)
 def _relative_position_index(ws: int) -> torch.Tensor:
-    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    # On the CPU whatever the default device: a model built on "meta" (checkpoint.py's shape check) must not cache a meta tensor
+    cpu = torch.device("cpu")
+    coords = torch.stack(torch.meshgrid(torch.arange(ws, device=cpu), torch.arange(ws, device=cpu), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     rel[:, :, 0] += ws - 1
     rel[:, :, 1] += ws - 1
     rel[:, :, 0] *= 2 * ws - 1
     return rel.sum(-1)
+
+
+@lru_cache(maxsize=16)
+def _shift_index(h: int, w: int, ws: int, shift: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token orders for a shifted block: `tokens[:, perm]` = partition(roll(-shift)) as (b, nW*ws*ws, c);
+    `windows[:, inv]` undoes it (reverse, then roll(+shift))."""
+    idx = torch.arange(h * w, device="cpu").view(1, h, w, 1)  # cached: on the CPU whatever the default device
+    perm = window_partition(torch.roll(idx, shifts=(-shift, -shift), dims=(1, 2)), ws).reshape(-1)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(h * w, device="cpu")
+    return perm, inv
+
+
+class Windows(NamedTuple):
+    """What every block of one forward shares: the shift mask, the shifted token orders, the path."""
+
+    mask: torch.Tensor  # (nW, n, n), -100 across shifted regions
+    perm: torch.Tensor
+    inv: torch.Tensor
+    fused: bool
+
+
+ATTENTION_MODES = ("exact", "fused")
 
 
 def shifted_window_mask(h: int, w: int, ws: int, shift: int, device=None) -> torch.Tensor:
@@ -75,18 +112,31 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], fused: bool = False) -> torch.Tensor:
+        """x: (b*nW, n, c) windows in (image, window) order; mask: (nW, n, n) for shifted blocks."""
         b_, n, c = x.shape
-        qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        heads, hd = self.num_heads, c // self.num_heads
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)  # 1, heads, n, n
+        nw = 1 if mask is None else mask.shape[0]
         if mask is not None:
-            nw = mask.shape[0]
-            bias = (bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1).unsqueeze(0)).expand(b_ // nw, -1, -1, -1, -1)
-            bias = bias.reshape(b_, self.num_heads, n, n)
-        attn = (q * self.scale) @ k.transpose(-2, -1) + bias
-        out = attn.softmax(dim=-1) @ v
+            bias = bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1).unsqueeze(0)  # 1, nW, heads, n, n
+        if fused:
+            # (b, nW*heads, n, hd): the combined bias then broadcasts over images without a copy per image.
+            qkv = self.qkv(x).view(b_ // nw, nw, n, 3, heads, hd).permute(3, 0, 1, 4, 2, 5)
+            qkv = qkv.reshape(3, b_ // nw, nw * heads, n, hd)
+            am = bias.reshape(1, nw * heads, n, n)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=am.to(qkv.dtype), scale=self.scale)
+            out = out.view(b_, heads, n, hd)
+        else:
+            qkv = self.qkv(x).reshape(b_, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if mask is not None:  # the same sums as adding the bias expanded per image, without the copy
+                attn = (attn.view(b_ // nw, nw, heads, n, n) + bias).view(b_, heads, n, n)
+            else:
+                attn = attn + bias
+            out = attn.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
 
 
@@ -99,17 +149,18 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, size: Tuple[int, int], mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Tuple[int, int], win: Windows) -> torch.Tensor:
         h, w = size
         b, _, c = x.shape
-        y = self.norm1(x).view(b, h, w, c)
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, self.ws), mask if self.shift else None)
-        y = window_reverse(y, self.ws, h, w)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + y.reshape(b, h * w, c)
+        ws = self.ws
+        y = self.norm1(x)
+        if self.shift:  # roll(-shift) + partition, and back, as one gather each way
+            y = self.attn(y.index_select(1, win.perm).view(-1, ws * ws, c), win.mask, win.fused)
+            y = y.view(b, h * w, c).index_select(1, win.inv)
+        else:
+            y = self.attn(window_partition(y.view(b, h, w, c), ws), None, win.fused)
+            y = window_reverse(y, ws, h, w).reshape(b, h * w, c)
+        x = x + y
         return x + self.mlp(self.norm2(x))
 
 
@@ -120,9 +171,9 @@ class BasicLayer(nn.Module):
             SwinTransformerBlock(dim, num_heads, ws, 0 if i % 2 == 0 else ws // 2, mlp_ratio) for i in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, size: Tuple[int, int], mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Tuple[int, int], win: Windows) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x, size, mask)
+            x = blk(x, size, win)
         return x
 
 
@@ -134,9 +185,9 @@ class RSTB(nn.Module):
         self.residual_group = BasicLayer(dim, depth, num_heads, ws, mlp_ratio)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, size: Tuple[int, int], mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Tuple[int, int], win: Windows) -> torch.Tensor:
         b, _, c = x.shape
-        y = self.residual_group(x, size, mask).transpose(1, 2).reshape(b, c, size[0], size[1])
+        y = self.residual_group(x, size, win).transpose(1, 2).reshape(b, c, size[0], size[1])
         return self.conv(y).flatten(2).transpose(1, 2) + x
 
 
@@ -153,6 +204,7 @@ class PatchEmbed(nn.Module):
 
 class SwinIR(SRModel):
     feature_names = ("F1",)
+    attention = "exact"  # or "fused": see the module docstring
 
     def __init__(
         self,
@@ -174,7 +226,7 @@ class SwinIR(SRModel):
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.upsample = nn.Sequential(nn.Conv2d(embed_dim, 3 * scale * scale, 3, 1, 1), nn.PixelShuffle(scale))
-        self._mask_cache: Dict[tuple, torch.Tensor] = {}
+        self._mask_cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.apply(self._init_weights)
 
     @staticmethod
@@ -186,13 +238,21 @@ class SwinIR(SRModel):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+    def set_attention(self, mode: str) -> "SwinIR":
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, not {mode!r}")
+        self.attention = mode
+        return self
+
+    def _windows(self, h: int, w: int, device: torch.device, fused: bool) -> Windows:
         key = (h, w, str(device))
         if key not in self._mask_cache:
             if len(self._mask_cache) > 16:
                 self._mask_cache.clear()
-            self._mask_cache[key] = shifted_window_mask(h, w, self.window_size, self.window_size // 2, device)
-        return self._mask_cache[key]
+            ws = self.window_size
+            perm, inv = _shift_index(h, w, ws, ws // 2)
+            self._mask_cache[key] = (shifted_window_mask(h, w, ws, ws // 2, device), perm.to(device), inv.to(device))
+        return Windows(*self._mask_cache[key], fused)
 
     def _forward(self, x: torch.Tensor, names: Sequence[str]):
         h, w = x.shape[2:]
@@ -204,11 +264,11 @@ class SwinIR(SRModel):
         x = (x - mean) * self.img_range
         f0 = self.conv_first(x)
         size = (f0.shape[2], f0.shape[3])
-        mask = self._mask(size[0], size[1], f0.device)
+        win = self._windows(size[0], size[1], f0.device, self.attention == "fused")
         t = self.patch_embed(f0)
         feats: Dict[str, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
-            t = layer(t, size, mask)
+            t = layer(t, size, win)
             if i == 0 and "F1" in names:
                 feats["F1"] = t.transpose(1, 2).reshape(t.shape[0], -1, size[0], size[1])
         t = self.norm(t).transpose(1, 2).reshape(f0.shape)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
+from ..atomic import check_report
 from ..backends import backend_help
+from ..config import DEFAULT_MODELS, check_scale
 from ..errors import ConfigError
 from . import app
 from .console import err_console, table_console
@@ -44,9 +47,10 @@ def render_table(records, title: str = "") -> Table:
 @app.command()
 def bench(
     model: List[str] = typer.Option(
-        ["squeezesr"], "--model", "-m",
+        [], "--model", "-m",
         help="Model to time (repeatable): a zoo name, a weights file, or an architecture (squeezesr, edsr-t, "
-             "swinir, swinir:blocks=2) timed with untrained weights.",
+             "swinir, swinir:blocks=2) timed with untrained weights. Default: what `srkd upscale` runs at the "
+             f"scale ({', '.join(DEFAULT_MODELS[s] for s in sorted(DEFAULT_MODELS))}).",
     ),
     size: str = typer.Option("512x512", help="Input (LR) size, WIDTHxHEIGHT."),
     scale: int = typer.Option(2, "--scale", "-s", help="Upscaling factor: 2, 3 or 4."),
@@ -59,7 +63,7 @@ def bench(
     ),
     precision: List[str] = typer.Option(
         ["fp32"], "--precision", "-p",
-        help="fp32 or int8 (repeatable: both are timed side by side; int8: SqueezeSR and RepSR on onnxruntime's CPU).",
+        help="fp32 or int8 (repeatable: both are timed side by side; int8: SqueezeSR, RepSR and Compact on onnxruntime's CPU).",
     ),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch, onnxruntime and OpenCV."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (on the CPU: one child process per row)."),
@@ -68,12 +72,16 @@ def bench(
         help="Let glibc reuse freed memory instead of unmapping it (runtime.allocator.tune_cpu_allocator) for every row.",
     ),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the records to this JSON file ('-' for stdout)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> int:
     """Benchmark models against bicubic (torch, OpenCV, Pillow, MATLAB-style) on one input."""
     from ..bench import parse_size, run_bench, write_json
 
     w, h = parse_size(size)
+    model = list(model) or [DEFAULT_MODELS[check_scale(scale)]]
+    # Before minutes of timing: the report must not replace a weights file timed here, or any existing file.
+    check_report("--json", json_out, overwrite, inputs=[m for m in model if Path(m).expanduser().is_file()])
     if tune_malloc:
         from ..runtime.allocator import tune_cpu_allocator
 
@@ -86,7 +94,7 @@ def bench(
             precisions=precision,
         )
     if json_out:
-        write_json(records, json_out)
+        write_json(records, json_out, overwrite)
     if json_out != "-":
         title = (f"x{scale}, {w}x{h} -> {w * scale}x{h * scale}, {records.threads} thread(s), "
                  f"malloc {'tuned' if tune_malloc else 'default'}; dense 64-ch 3x3 conv: "

@@ -1,11 +1,24 @@
 """Shared rich consoles: results go to stdout, messages and errors to stderr."""
 
+import unicodedata
+
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: rich would turn ":x:" in a file name or an option's value into an emoji
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def table_console() -> Console:
     """Where result tables go: a terminal at its own width; logs and pipes (CI) get whole tables."""
     return console if console.is_terminal else Console(width=200)
+
+
+def printable(text: str) -> str:
+    """`text` with control and bidi characters escaped (`\\n`, `\\x1b`, `\\u202e`), as `ls` shows such
+    file names: a name holding ESC or a newline can neither drive the terminal nor forge a line."""
+    return "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -9,10 +9,12 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..atomic import check_report, write_report
 from ..backends import backend_help
 from ..config import check_scale
-from ..errors import ConfigError
-from ..evaluate import EvalRecord, as_read, bicubic_upscaler, evaluate_folder, load_pairs
+from ..errors import ConfigError, OutputError
+from ..evaluate import EvalRecord, as_read, bicubic_upscaler, evaluate_folder, hr_folder, load_pairs
+from ..imaging.io import list_images
 from ..inference import pick_device
 from ..loader import load_model
 from . import app
@@ -36,17 +38,20 @@ def eval_(
     model: List[str] = typer.Option([], "--model", "-m", help="Zoo model(s); 'bicubic' is the baseline. Repeatable."),
     weights: List[Path] = typer.Option([], "--weights", "-w", help="Weights file(s). Repeatable."),
     sr: List[Path] = typer.Option([], "--sr", help="Folder(s) of images another tool produced, named like the HR files."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the records as JSON to this file."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the records as JSON to this file."),
     per_image: bool = typer.Option(False, help="Include per-image scores in the JSON."),
-    save_images: Optional[Path] = typer.Option(None, help="Save outputs as DIR/{dataset}/{model}/{stem}.png."),
+    save_images: Optional[Path] = typer.Option(None, help="Save outputs as DIR/{dataset}/{model}/{stem}.png (never "
+                                               "over an input)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
     backend: str = typer.Option("auto", "--backend", help=backend_help(upscale=True) + " As `srkd upscale` runs them."),
-    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR or RepSR on onnxruntime), as `srkd upscale`."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (GPU), bf16 or int8 (SqueezeSR, RepSR or Compact on onnxruntime), as `srkd upscale`."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
 ) -> int:
     """Evaluate models on benchmark folders with the field's protocol (Y and RGB, border = scale)."""
     check_scale(scale)
     if not (model or weights or sr):
         raise ConfigError("name something to evaluate: --model NAME (or bicubic), --weights PATH or --sr DIR")
+    check_report("--json", json_out, overwrite, inputs=weights, input_folders=[*data, *sr])
     dev = pick_device(device)
     candidates = []  # (label, upscale fn or None, sr_dir)
 
@@ -69,14 +74,44 @@ def eval_(
         if not d.is_dir():
             raise ConfigError(f"--sr {d}: no such folder")
         candidates.append((f"sr:{d.name}", None, d))
+    saved = _saved_images(save_images, data, [label for label, fn, _ in candidates if fn is not None], weights, sr)
+    check_report("--json", json_out, overwrite, inputs=weights, outputs=saved, input_folders=[*data, *sr])
     records = []
     for folder in data:
         pairs = load_pairs(folder, scale)
         for label, fn, sr_dir in candidates:
-            save = save_images / folder.name / label.replace(":", "_") if save_images else None
+            save = save_images / folder.name / _folder_name(label) if save_images else None
             records.append(evaluate_folder(fn, label, folder, scale, pairs=pairs, sr_dir=sr_dir, save_dir=save))
     table_console().print(records_table(records, f"x{scale}, PSNR (dB) and SSIM, border crop {scale}"))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([r.to_dict(per_image) for r in records], indent=2) + "\n")
+        write_report("--json", json_out, json.dumps([r.to_dict(per_image) for r in records], indent=2) + "\n", overwrite)
     return 0
+
+
+def _folder_name(label: str) -> str:
+    return label.replace(":", "_")
+
+
+def _saved_images(save_images: Optional[Path], data: List[Path], labels: List[str], weights: List[Path],
+                  sr: List[Path]) -> List[Path]:
+    """The files `--save-images` will write, refused before any work when one of them is an
+    input: an HR or LR image (DIR the data folder's parent, and a model named HR), a weights file."""
+    if save_images is None:
+        return []
+    if save_images.exists() and not save_images.is_dir():
+        raise OutputError(f"--save-images {save_images}: is a file; give a folder")
+    inputs = {w.resolve() for w in weights}
+    for folder in [*data, *sr]:
+        if folder.is_dir():
+            inputs.update(p.resolve() for p in folder.rglob("*") if p.is_file())
+    targets = []
+    for folder in data:
+        stems = [p.stem for p in list_images(hr_folder(folder))] if folder.is_dir() else []
+        for label in labels:
+            for stem in stems:
+                target = save_images / folder.name / _folder_name(label) / f"{stem}.png"
+                if target.resolve() in inputs:
+                    raise OutputError(f"--save-images {save_images}: would write {target}, an input of this run "
+                                      "(give another folder)")
+                targets.append(target)
+    return targets

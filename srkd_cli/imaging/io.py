@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -150,6 +151,8 @@ def _existing_file(path: Union[str, Path]) -> Path:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file ({_file_kind(path)}); give an image file")
     return path
 
 
@@ -182,10 +185,15 @@ def _checked_format(path: Path, im: PILImage.Image, max_pixels: int) -> str:
     width, height = im.size
     if width * height > max_pixels:
         raise InputError(
-            f"{path}: claimed size {width}x{height} ({width * height / 1e6:.0f} MP) "
-            f"exceeds the limit of {max_pixels / 1e6:.0f} MP; refusing to decode "
+            f"{path}: claimed size {width}x{height} ({_megapixels(width * height)}) "
+            f"exceeds the limit of {_megapixels(max_pixels)}; refusing to decode "
             "(possible decompression bomb)")
     return fmt
+
+
+def _megapixels(n: int) -> str:
+    """179 MP, or 4096 pixels where MP would round to 0."""
+    return f"{n / 1e6:.0f} MP" if n >= 500_000 else f"{n} pixels"
 
 
 def read_uint8(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -589,7 +597,8 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], None], overwrite: 
     except OSError as e:
         raise OutputError(f"{folder}: cannot create the output folder ({_reason(e)})") from None
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        # `.NAME.PID.XXXXXXXX.tmp`: the pid tells a later run whether the writer still lives (atomic.remove_stale_temps)
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
         raise OutputError(f"{folder}: cannot write into this folder ({_reason(e)})") from None
     tmp = Path(tmp_name)
@@ -661,9 +670,17 @@ def find_images(inputs: Iterable[Union[str, Path]], recursive: bool = False) -> 
                 matched += len(images)
             if not matched:
                 raise InputError(f"{text}: the pattern matches no images")
+        elif p.exists():  # a FIFO, a device (/dev/zero) or a socket: reading it could block or never end
+            raise InputError(f"{p}: not a regular file ({_file_kind(p)}); give an image file")
         else:
             raise InputError(f"{p}: no such file or folder")
     return sorted(found.values(), key=lambda q: (str(q.parent), q.name))
+
+
+def _file_kind(p: Path) -> str:
+    mode = p.stat().st_mode
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
 
 
 def list_images(folder: Union[str, Path], recursive: bool = False) -> list[Path]:

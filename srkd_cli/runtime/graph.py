@@ -21,6 +21,10 @@ from ..errors import ConfigError
 from .onnx_shapes import with_symbolic_shapes
 
 DEFAULT_OPSET = 17
+try:  # the newest opset this torch's exporter writes (23 in torch 2.13)
+    from torch.onnx._constants import ONNX_MAX_OPSET as MAX_OPSET
+except ImportError:  # pragma: no cover - a torch that moved it: the oldest bound it has had
+    MAX_OPSET = 20
 META_KEY = "srkd"  # ONNX metadata_props key / TorchScript extra file holding arch, scale, config
 
 
@@ -52,6 +56,13 @@ def require_onnx() -> None:
                           "platform?): pip install onnx onnxruntime") from None
 
 
+def check_opset(opset: int) -> None:
+    """One line for an opset srkd cannot export: below 17 (LayerNorm), or past this torch's exporter."""
+    if not DEFAULT_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"--opset {opset}: srkd exports opset {DEFAULT_OPSET} to {MAX_OPSET} "
+                          f"(17 for LayerNorm; {MAX_OPSET} is the newest this torch writes)")
+
+
 def onnx_bytes(model: nn.Module, meta: Optional[Dict[str, Any]] = None, opset: int = DEFAULT_OPSET,
                symbolic_shapes: bool = True) -> bytes:
     """`model` as a serialized ONNX graph with dynamic N, H, W and srkd metadata (and, for conv
@@ -59,8 +70,7 @@ def onnx_bytes(model: nn.Module, meta: Optional[Dict[str, Any]] = None, opset: i
     require_onnx()
     import onnx
 
-    if opset < 17:
-        raise ConfigError(f"--opset {opset}: srkd exports need opset 17 or newer (LayerNorm)")
+    check_opset(opset)
     model = model.eval().cpu()
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -103,5 +113,5 @@ class TracedModel(nn.Module):
         return self.module(x)
 
 
-__all__ = ["DEFAULT_OPSET", "META_KEY", "TracedModel", "graph_metadata", "onnx_bytes", "require_onnx",
-           "torchscript_module", "trace_example", "window"]
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "META_KEY", "TracedModel", "check_opset", "graph_metadata", "onnx_bytes",
+           "require_onnx", "torchscript_module", "trace_example", "window"]

@@ -198,9 +198,14 @@ class PatchSampler:
 
 
 def degrade(window: torch.Tensor, scale: int, patch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """HR windows with a MARGIN-pixel (LR) rim -> (LR interior, HR interior)."""
-    lr = imresize(window, scale=1.0 / scale, quantize_to=1.0)
+    """HR windows with a MARGIN-pixel (LR) rim -> (LR interior, HR interior).
+
+    Scale 1 (`srkd distill --teacher-only`): the window's interior is the input as it is."""
     m, ms = MARGIN, MARGIN * scale
+    if scale == 1:
+        inner = window[..., m : m + patch, m : m + patch]
+        return inner, inner
+    lr = imresize(window, scale=1.0 / scale, quantize_to=1.0)
     return lr[..., m : m + patch, m : m + patch], window[..., ms : ms + patch * scale, ms : ms + patch * scale]
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..archs import SRModel
+from ..config import a_or_an
 from ..errors import ConfigError
 from .losses import DISTANCES, alpha_kd_loss, feature_kd_loss, pixel_loss
 
@@ -51,9 +52,16 @@ def freeze(teacher: SRModel) -> SRModel:
 
 
 class _Distill(Recipe):
+    teacher_only = False  # --teacher-only: no HR; the teacher's output is the pixel target
+
     def __init__(self, teacher: SRModel):
         self.teacher = freeze(teacher)
         self.adapters = nn.ModuleDict()  # filled by _probe where feature widths differ
+
+    def use_teacher_only(self) -> None:
+        """--teacher-only: every HR term of the loss takes the teacher's output instead."""
+        self.teacher_only = True
+        self.needs_teacher_output = True
 
     def run_teacher(self, lr: torch.Tensor) -> Teacher:
         assert self.teacher is not None
@@ -97,20 +105,24 @@ class FeatureKD(_Distill):
     def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
         t_out, t_feats = self.targets(lr, cached)
         out, s_feats = net(lr)
-        l1 = pixel_loss(out, hr)
-        parts = {"l1": l1}
-        total = l1
+        if self.teacher_only:  # the teacher's output is the only pixel target
+            parts = {"kd_out": pixel_loss(out, t_out)}
+            total = parts["kd_out"]
+        else:
+            l1 = pixel_loss(out, hr)
+            parts = {"l1": l1}
+            total = l1
         if self.beta > 0:
             parts["feat"] = feature_kd_loss(s_feats, t_feats, self.pairs, self.distance, self.beta)
             total = total + parts["feat"]
-        if self.out_weight > 0:
+        if self.out_weight > 0 and not self.teacher_only:
             parts["kd_out"] = pixel_loss(out, t_out)
             total = total + self.out_weight * parts["kd_out"]
         return total, parts
 
     def describe(self) -> Dict[str, object]:
         return {"recipe": self.name, "pairs": self.pairs, "feat_loss": self.distance, "feat_weight": self.beta,
-                "out_weight": self.out_weight, "adapters": sorted(self.adapters.keys())}
+                "out_weight": self.out_weight, "adapters": sorted(self.adapters.keys()), "teacher_only": self.teacher_only}
 
 
 class AlphaKD(_Distill):
@@ -130,10 +142,11 @@ class AlphaKD(_Distill):
     def __call__(self, net: StudentFn, lr: torch.Tensor, hr: torch.Tensor, cached: Optional[Teacher] = None) -> Losses:
         t_out, t_feats = self.targets(lr, cached)
         out, s_feats = net(lr)
-        return alpha_kd_loss(out, t_out, hr, s_feats["F1"], t_feats["F1"], self.alpha)
+        # --teacher-only: the teacher's output stands for HR, so alpha's two L1 terms are one
+        return alpha_kd_loss(out, t_out, t_out if self.teacher_only else hr, s_feats["F1"], t_feats["F1"], self.alpha)
 
     def describe(self) -> Dict[str, object]:
-        return {"recipe": self.name, "alpha": self.alpha}
+        return {"recipe": self.name, "alpha": self.alpha, "teacher_only": self.teacher_only}
 
 
 def _numbered_pairs(student: SRModel, teacher: SRModel) -> List[Tuple[str, str]]:
@@ -153,6 +166,16 @@ def _squeezesr_width(n_feats: int, **more: object) -> Dict[str, object]:
     return {"n_feats": n_feats, "squeeze": max(1, n_feats // 4), "expand1x1": max(1, n_feats // 2), **more}
 
 
+def _thirds_pairs(student: SRModel, teacher: SRModel) -> List[Tuple[str, str]]:
+    """S1..S3 with T1..T3 where the teacher's are at the input size (ESRGAN and Compact: the ends of
+    each third of their trunk); none (output KD alone) where it has fewer or works unshuffled."""
+    s_names = [n for n in student.feature_names if n in ("S1", "S2", "S3")]
+    t_names = [n for n in teacher.feature_names if n in ("T1", "T2", "T3")]
+    if len(s_names) != 3 or len(t_names) != 3 or getattr(teacher, "unshuffle", 1) != 1:
+        return []
+    return list(zip(s_names, t_names))
+
+
 @dataclass(frozen=True)
 class Pairing:
     """How a student architecture learns from a teacher architecture."""
@@ -162,9 +185,12 @@ class Pairing:
     features: Callable[[SRModel, SRModel], List[Tuple[str, str]]]  # (student feature, teacher feature)
     note: str
     shares_weights: bool = False  # --init-from-teacher can copy the student's weights from the teacher
+    out_weight: float = 0.0  # gamma when --out-weight is not given (with feature pairs; without: OUTPUT_KD_WEIGHT)
 
 
 ANY_TEACHER = "*"  # a pairing for a student and every teacher without a pairing of its own
+ANY_STUDENT = "*"  # with ANY_TEACHER: the fallback for every pair not in the table
+OUTPUT_KD_WEIGHT = 1.0  # gamma of an output-only pairing when --out-weight is not given
 
 # (student, teacher) -> pairing: the one table of what distils from what.
 PAIRINGS: Dict[Tuple[str, str], Pairing] = {
@@ -185,6 +211,13 @@ PAIRINGS: Dict[Tuple[str, str], Pairing] = {
         "feature", lambda t: {}, _numbered_pairs, "S1..S3 (RepSR's layers at 1/3, 2/3, end) learn BSRN's T1..T3"),
     ("repsr", "imdn"): Pairing(
         "feature", lambda t: {}, _numbered_pairs, "S1..S3 (RepSR's layers at 1/3, 2/3, end) learn IMDN's T1..T3"),
+    # The Real-ESRGAN families (users' own models): their output is what a student is there to learn,
+    # so the output term is on by default, with paper 1's feature pairs at the thirds of both trunks.
+    **{(student, teacher): Pairing(
+        "feature", lambda t: {}, _thirds_pairs,
+        f"S1..S3 learn {teacher}'s T1..T3 (ends of each third of its trunk) and its output (--out-weight 1)",
+        out_weight=1.0)
+       for student in ("repsr", "squeezesr") for teacher in ("esrgan", "compact")},
     ("swinir", "swinir"): Pairing(
         "alpha", lambda t: {**t, "blocks": max(1, int(t["blocks"]) - 1)}, lambda s, t: [("F1", "F1")],
         "paper 2: a SwinIR with fewer RSTBs learns the teacher's output and F1", shares_weights=True),
@@ -193,15 +226,22 @@ PAIRINGS: Dict[Tuple[str, str], Pairing] = {
     ("swinir", ANY_TEACHER): Pairing(
         "feature", lambda t: {}, lambda s, t: [],
         "a SwinIR learns another architecture's output (--out-weight > 0), no features"),
+    # Every other pair, any teacher srkd can load (ESRGAN, Real-ESRGAN Compact, ...): output KD,
+    # L1(S, HR) + gamma L1(S, T) (gamma = --out-weight, default 1), or L1(S, T) alone with
+    # --teacher-only. Feature KD needs a pairing above: srkd must know both sides' features.
+    (ANY_STUDENT, ANY_TEACHER): Pairing(
+        "feature", lambda t: {}, lambda s, t: [],
+        "output KD: the student learns the teacher's output, no features"),
 }
 
 
 def get_pairing(student_arch: str, teacher_arch: str) -> Pairing:
     """The pairing for (student, teacher), or a ConfigError listing the pairs srkd knows."""
-    pairing = PAIRINGS.get((student_arch, teacher_arch)) or PAIRINGS.get((student_arch, ANY_TEACHER))
+    pairing = (PAIRINGS.get((student_arch, teacher_arch)) or PAIRINGS.get((student_arch, ANY_TEACHER))
+               or PAIRINGS.get((ANY_STUDENT, ANY_TEACHER)))
     if pairing is None:
-        known = "; ".join(f"--student {s} from {'any other' if t == ANY_TEACHER else 'a ' + t} teacher" for s, t in PAIRINGS)
-        raise ConfigError(f"--student {student_arch} does not fit a {teacher_arch} teacher: srkd distils {known}")
+        known = "; ".join(f"--student {s} from {'any other' if t == ANY_TEACHER else a_or_an(t)} teacher" for s, t in PAIRINGS)
+        raise ConfigError(f"--student {student_arch} does not fit {a_or_an(teacher_arch)} teacher: srkd distils {known}")
     return pairing
 
 
@@ -217,20 +257,28 @@ def make_distill_recipe(
     alpha: float = 0.75,
     feat_loss: str = "l1",
     feat_weight: float = 0.1,
-    out_weight: float = 0.0,
+    out_weight: Optional[float] = None,
+    teacher_only: bool = False,
 ) -> Recipe:
-    """The recipe for a (teacher, student) pair, checked on a probe batch so mismatches fail before training."""
+    """The recipe for a (teacher, student) pair, checked on a probe batch so mismatches fail before training.
+
+    `out_weight` None: the pairing's default (0 with feature pairs, OUTPUT_KD_WEIGHT without).
+    `teacher_only`: no HR; the teacher's output replaces HR in every term (--teacher-only)."""
     if teacher.scale != student.scale:
         raise ConfigError(f"--teacher upscales x{teacher.scale} but the student is built for --scale {student.scale}")
     pairing = get_pairing(student_arch, teacher_arch)
     if pairing.recipe == "feature":
         pairs = pairing.features(student, teacher)
-        if not pairs and not out_weight > 0:
-            raise ConfigError(f"--out-weight {out_weight}: a {student_arch} student shares no feature with a {teacher_arch} "
+        if out_weight is None:
+            out_weight = 0.0 if teacher_only else (pairing.out_weight if pairs else OUTPUT_KD_WEIGHT)
+        if not pairs and not out_weight > 0 and not teacher_only:
+            raise ConfigError(f"--out-weight {out_weight}: {a_or_an(student_arch)} student shares no feature with {a_or_an(teacher_arch)} "
                               "teacher and learns only its output; give --out-weight > 0")
         recipe: Recipe = FeatureKD(teacher, pairs, feat_loss, feat_weight, out_weight)
     else:
         recipe = AlphaKD(teacher, alpha)
+    if teacher_only:
+        recipe.use_teacher_only()
     _probe(recipe, student)
     return recipe
 

@@ -38,8 +38,8 @@ import torch.distributed as dist
 from .. import __version__
 from ..archs import ARCHS, SRModel, count_params, get_arch, reparam
 from ..atomic import atomic_write
-from ..checkpoint import save_checkpoint
-from ..config import check_scale
+from ..checkpoint import _why_unreadable, save_checkpoint
+from ..config import a_or_an, check_scale
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..inference import pick_device
@@ -47,9 +47,10 @@ from ..metrics import psnr, to_uint8
 from ..runtime.cpu import cpu_bf16_units
 from .data import (PatchSampler, ValImage, check_disjoint, data_fingerprint, held_out, load_held_out, load_hr_store,
                    load_val_set, training_files)
-from .recipes import (Recipe, WithFeatures, check_pair, get_pairing, init_from_teacher, init_from_weights,
+from .recipes import (AlphaKD, Recipe, WithFeatures, check_pair, get_pairing, init_from_teacher, init_from_weights,
                       make_distill_recipe)
-from .teacher_cache import TeacherCache, parse_mode
+from .teacher_cache import DTYPES as CACHE_DTYPES
+from .teacher_cache import HaloTeacher, TeacherCache, fill_precision, halo_margin, parse_mode
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -60,6 +61,7 @@ TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 HELD_OUT = "held-out"  # the --val-split slice's name in logs and validation records
 MULTISTEP_MILESTONES = (0.5, 0.8, 0.9, 0.95)  # fractions of the run; SwinIR's 250k/400k/450k/475k of 500k
 ADAM_BETAS = (0.9, 0.99)
+DEFAULT_ALPHA = 0.75  # paper 2's
 
 
 class TrainingDiverged(SrkdError):
@@ -88,6 +90,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False  # replace the weights in an --out folder that has no state.pt to resume
     ckpt_every: int = 1000
     val_every: int = 1000  # 0: validate only at the end
     log_every: int = 50
@@ -101,11 +104,13 @@ class TrainConfig:
     teacher: Optional[str] = None  # zoo name or weights file
     init_from_teacher: bool = False
     init: Optional[str] = None  # weights (file or zoo name) to start from
-    alpha: float = 0.75
+    alpha: Optional[float] = None  # paper 2's alpha; None: DEFAULT_ALPHA (given to another recipe: a warning)
     feat_loss: str = "l1"
     feat_weight: float = 0.1
-    out_weight: float = 0.0  # paper 1 recipe: weight of L1(student, teacher output)
-    teacher_cache: str = "off"  # off, ram, or a folder (training/teacher_cache.py)
+    out_weight: Optional[float] = None  # weight of L1(student, teacher output); None: 0, or 1 without feature pairs
+    teacher_cache: str = "off"  # off, ram, halo[:R] or a folder (training/teacher_cache.py)
+    cache_dtype: str = "fp16"  # how the cache stores the teacher's image: fp16, uint8 or fp32
+    teacher_only: bool = False  # no HR: --data images are the inputs, the teacher's output the target
     reparam: int = 0  # expansion width of training-time re-parameterisation (archs/reparam.py); 0: off
     command: Optional[str] = None  # recorded in provenance
 
@@ -127,6 +132,7 @@ class RunResult:
     arch: str = ""
     model_config: Dict[str, Any] = field(default_factory=dict)
     provenance: Dict[str, Any] = field(default_factory=dict)
+    already_complete: bool = False  # --resume found the run complete: it said so and wrote nothing
 
 
 def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> float:
@@ -234,10 +240,18 @@ def _check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} {v}: must be >= 0 (0 turns it off)")
     if cfg.warmup is not None and cfg.warmup < 0:
         raise ConfigError(f"--warmup {cfg.warmup}: must be >= 0")
+    if cfg.time_limit is not None and not cfg.time_limit >= 0:
+        raise ConfigError(f"--time-limit {cfg.time_limit:g}: must be >= 0 seconds (0: stop once set up)")
+    if cfg.alpha is not None and not 0.0 <= cfg.alpha <= 1.0:
+        raise ConfigError(f"--alpha {cfg.alpha:g}: must lie in [0, 1]")
     if not cfg.data:
         raise ConfigError("--data: give at least one folder of training images")
     if cfg.init_from_teacher and not cfg.teacher:
         raise ConfigError("--init-from-teacher needs --teacher")
+    if cfg.teacher_only and not cfg.teacher:
+        raise ConfigError("--teacher-only needs --teacher (srkd distill)")
+    if cfg.cache_dtype not in CACHE_DTYPES:
+        raise ConfigError(f"--cache-dtype {cfg.cache_dtype}: use one of {', '.join(CACHE_DTYPES)}")
     if cfg.reparam < 0:
         raise ConfigError(f"--reparam {cfg.reparam}: the expansion width must be >= 1 (0 turns it off)")
     if cfg.precision not in TRAIN_PRECISIONS:
@@ -308,13 +322,17 @@ class Trainer:
         if teacher is not None:
             if cfg.init_from_teacher:
                 if not get_pairing(self.spec.name, teacher.spec.name).shares_weights:
-                    raise ConfigError(f"--init-from-teacher: a {self.spec.name} student shares no weights with a "
-                                      f"{teacher.spec.name} teacher")
+                    raise ConfigError(f"--init-from-teacher: {a_or_an(self.spec.name)} student shares no weights with "
+                                      f"{a_or_an(teacher.spec.name)} teacher")
                 init_from_teacher(self.model, teacher.model)
             self.recipe: Recipe = make_distill_recipe(
-                self.spec.name, self.model, teacher.spec.name, teacher.model, cfg.alpha, cfg.feat_loss,
-                cfg.feat_weight, cfg.out_weight,
+                self.spec.name, self.model, teacher.spec.name, teacher.model,
+                DEFAULT_ALPHA if cfg.alpha is None else cfg.alpha, cfg.feat_loss,
+                cfg.feat_weight, cfg.out_weight, teacher_only=cfg.teacher_only,
             )
+            if cfg.alpha is not None and not isinstance(self.recipe, AlphaKD):
+                self.warnings.append(f"--alpha {cfg.alpha:g}: recipe {self.recipe.name} does not use it "
+                                     "(only paper 2's, a swinir student of a swinir teacher)")
         else:
             self.recipe = Recipe()
         self.init_sha256: Optional[str] = None  # a zoo name alone does not say which file it was
@@ -347,21 +365,41 @@ class Trainer:
     def _setup_data(self) -> None:
         """HR store, patch stream, teacher cache and validation sets."""
         cfg = self.cfg
-        hr_side = self.patch * cfg.scale
+        # --teacher-only: the images are the student's inputs (sampled at scale 1, never downscaled)
+        in_scale = 1 if cfg.teacher_only else cfg.scale
+        mode = parse_mode(cfg.teacher_cache)
+        margin = (halo_margin(mode, self.recipe.teacher, getattr(self, "teacher_config", None))
+                  if self.recipe.teacher is not None else None)
+        hr_side = (self.patch + 2 * (margin or 0)) * in_scale
         self.held_out = held_out(training_files(cfg.data), cfg.val_split)
         self.store = load_hr_store(cfg.data, min_size=hr_side, device=self.device, exclude=self.held_out)
         self.rank_batch = cfg.batch // self.env.world_size
-        self.sampler = PatchSampler(self.store, cfg.scale, self.patch, self.rank_batch, self._stream_seed(self.env.rank))
+        self.sampler = PatchSampler(self.store, in_scale, self.patch + 2 * (margin or 0), self.rank_batch,
+                                    self._stream_seed(self.env.rank))
         self.teacher_cache: Optional[TeacherCache] = None
-        mode = parse_mode(cfg.teacher_cache)
+        teacher_precision = (fill_precision(getattr(cfg, "precision", "auto"), self.device, self.recipe.teacher)
+                             if self.recipe.teacher is not None else "fp32")
+        if margin is not None:
+            self.sampler = self.teacher_cache = HaloTeacher(
+                self.recipe.teacher, self.sampler, cfg.scale, in_scale, self.patch, margin,
+                self.recipe.teacher_features, self.recipe.needs_teacher_output, teacher_precision)
+            mode = "off"
         if mode != "off":
             if self.recipe.teacher is None:
                 raise ConfigError("--teacher-cache needs a teacher (srkd distill)")
             self.teacher_cache = TeacherCache(
                 self.recipe.teacher, self.store, cfg.scale, self.patch, self.recipe.teacher_features,
-                self.recipe.needs_teacher_output, mode, self.fingerprint)
+                self.recipe.needs_teacher_output, mode, self.fingerprint, input_scale=in_scale,
+                dtype=cfg.cache_dtype, precision=teacher_precision)
         self.val_sets: Dict[str, List[ValImage]] = {}
-        if self.is_main:
+        if self.is_main and cfg.teacher_only:  # scored against the teacher's output (training/teacher_only.py)
+            from .teacher_only import teacher_val_set, val_inputs
+
+            if self.held_out:
+                self.val_sets[HELD_OUT] = teacher_val_set(self.held_out, self.recipe.teacher)
+            for v in cfg.val:
+                self.val_sets[Path(v).name] = teacher_val_set(val_inputs(Path(v)), self.recipe.teacher)
+        elif self.is_main:
             if self.held_out:
                 self.val_sets[HELD_OUT] = load_held_out(self.held_out, cfg.scale)
             for v in cfg.val:
@@ -406,6 +444,11 @@ class Trainer:
             raise ConfigError(f"--out {self.out}: exists and is not a folder")
         if state.is_file() and not self.cfg.resume:
             raise ConfigError(f"--out {self.out}: already holds a run ({STATE_FILE}); pass --resume or choose another --out")
+        weights = [n for n in (FINAL_FILE, BEST_FILE) if (self.out / n).exists()]
+        if weights and not state.is_file() and not self.cfg.overwrite:
+            # trained weights with nothing to resume: a fresh run would replace them
+            raise ConfigError(f"--out {self.out}: holds trained weights ({', '.join(weights)}) and no {STATE_FILE} to "
+                              "resume; pass --overwrite to replace them, or choose another --out")
 
     def _load_teacher(self):
         from ..loader import load_model
@@ -427,6 +470,7 @@ class Trainer:
             msg = str(e)
             raise type(e)(f"--teacher {msg}" if msg.startswith(name) else f"--teacher {name}: {msg}") from None
         self.teacher_name = str(teacher.metadata.get("zoo_name") or teacher.path or name)
+        self.teacher_config = dict(teacher.config)  # for its receptive field (--teacher-cache halo)
         if teacher.path is not None:
             from ..zoo import sha256_file
 
@@ -486,7 +530,8 @@ class Trainer:
         try:
             st = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
-            raise ConfigError(f"{path}: cannot read the training state ({type(e).__name__}: {e})") from None
+            # torch's advice to load with weights_only=False is what must never be done with a file one did not write
+            raise ConfigError(f"{path}: cannot read the training state: {_why_unreadable(e)}") from None
         for key, mine in (("arch", self.spec.name), ("scale", self.cfg.scale), ("model_config", self.model_config)):
             if st.get(key) != mine:
                 raise ConfigError(f"--resume: {path} is a run of {key}={st.get(key)}, this command asks for {mine}")
@@ -495,6 +540,10 @@ class Trainer:
                               f"this command asks for --reparam {self.cfg.reparam}")
         if st.get("recipe", {}).get("recipe") != self.recipe.name:
             raise ConfigError(f"--resume: {path} was trained with recipe {st.get('recipe')}, not {self.recipe.name}")
+        was_only = bool(st.get("recipe", {}).get("teacher_only"))
+        if was_only != bool(self.cfg.teacher_only):
+            raise ConfigError(f"--resume: {path} was trained {'with' if was_only else 'without'} --teacher-only; "
+                              "give the same (the inputs and the targets differ)")
         self.model.load_state_dict(st["model"])
         if st.get("adapters"):
             self.adapters.load_state_dict(st["adapters"])
@@ -677,6 +726,7 @@ class Trainer:
             "init_sha256": self.init_sha256,
             "teacher_sha256": self.teacher_sha256,
             "teacher_cache": cfg.teacher_cache,
+            "cache_dtype": self.teacher_cache.dtype if isinstance(getattr(self, "teacher_cache", None), TeacherCache) else None,
             "reparam": reparam.describe(cfg.reparam) if cfg.reparam else None,
             **self.recipe.describe(),
         }
@@ -686,6 +736,11 @@ class Trainer:
 
     def run(self) -> RunResult:
         cfg = self.cfg
+        if self._resumed and self.step >= cfg.steps and (self.out / FINAL_FILE).is_file():
+            return self._already_complete()
+        if cfg.overwrite and not self._resumed and self.is_main:
+            for name in (FINAL_FILE, BEST_FILE):  # a fresh run: weights of the one it replaces must not outlive it
+                (self.out / name).unlink(missing_ok=True)
         start_step, t0 = self.step, time.perf_counter()
         stop_reason: Optional[str] = None
         with ExitStack() as stack:
@@ -705,9 +760,11 @@ class Trainer:
                     f"{len(self.store)} training images, recipe {self.recipe.name}, device {self.device}"
                 )
             if self.teacher_cache is not None:
-                self._fill_cache(progress)
+                stop_reason = self._fill_cache(progress, stopper, start_step, t0)
+            if stop_reason is None and self.step < cfg.steps:
+                stop_reason = self._stop_reason(stopper, start_step, t0)  # --time-limit 0: set up, then stop
             mark_t, mark_step, paused = time.perf_counter(), self.step, 0.0
-            while self.step < cfg.steps:
+            while stop_reason is None and self.step < cfg.steps:
                 self._train_step()
                 step = self.step
                 last = step == cfg.steps
@@ -730,7 +787,8 @@ class Trainer:
                     stop_reason = self._stop_reason(stopper, start_step, t0)
                 else:
                     progress.update(step)
-                    if not self.env.enabled and stopper.signal is not None:
+                    # One process needs no agreement: signals and --time-limit count at every step.
+                    if not self.env.enabled and (stopper.signal is not None or self._over_time(t0)):
                         stop_reason = self._stop_reason(stopper, start_step, t0)
                 if cfg.stop_after and step - start_step >= cfg.stop_after and not last and stop_reason is None:
                     stop_reason = f"--stop-after {cfg.stop_after}"
@@ -751,6 +809,8 @@ class Trainer:
                 if stop_reason:
                     break
             completed = self.step >= cfg.steps
+            if completed:
+                stop_reason = None  # a limit or signal that came with the last step stopped nothing
             final = self._export(FINAL_FILE) if completed and self.is_main else None
             best = self.out / BEST_FILE if self.is_main and (self.out / BEST_FILE).is_file() else None
             if stop_reason:
@@ -759,20 +819,60 @@ class Trainer:
                          self.export_model(), self.recipe.teacher, stop_reason, list(self.warnings),
                          self.spec.name, dict(self.model_config), self.provenance())
 
-    def _fill_cache(self, progress: "_Progress") -> None:
+    def _already_complete(self) -> RunResult:
+        """--resume of a run that has reached --steps and exported its weights: one line, nothing written."""
+        _Progress(self, enabled=self.is_main and not self.cfg.quiet).message(
+            f"{self.out}: the run is complete (step {self.step}, --steps {self.cfg.steps}); nothing to do "
+            "(a larger --steps trains it further)")
+        final, best = self.out / FINAL_FILE, self.out / BEST_FILE
+        return RunResult(self.out, self.step, True, final if self.is_main else None,
+                         best if self.is_main and best.is_file() else None, self.best_psnr, None,
+                         self.export_model(), self.recipe.teacher, None, list(self.warnings),
+                         self.spec.name, dict(self.model_config), self.provenance(), already_complete=True)
+
+    def _fill_cache(self, progress: "_Progress", stopper: _Stopper, start_step: int, t0: float) -> Optional[str]:
+        """Fill the teacher cache before the first step; a signal or --time-limit stops it between
+        entries (the reason is returned; a folder keeps the entries made). A line at every tenth and
+        at least every 30 s, with the ETA."""
         cache = self.teacher_cache
         assert cache is not None
         if self.is_main:
             progress.message(cache.describe())
-        t0, shown = time.perf_counter(), [0]
+            if not isinstance(cache, HaloTeacher):
+                progress.message(self._cache_or_halo(cache))
+        cache.on_warning = lambda text: progress.message(f"warning: {text}")
+        shown, last = [0], [time.perf_counter()]
 
-        def report(done: int, total: int) -> None:
-            if self.is_main and (done * 10 // total > shown[0] or done == total):
-                shown[0] = done * 10 // total
-                progress.message(f"teacher cache: {done}/{total} entries ({cache.made} computed), "
-                                 f"{time.perf_counter() - t0:.0f} s")
+        def report(p) -> None:
+            now = time.perf_counter()
+            if self.is_main and (p.done * 10 // p.total > shown[0] or p.done in (1, p.total) or now - last[0] >= 30):
+                shown[0], last[0] = p.done * 10 // p.total, now
+                eta = f", about {_duration(p.eta)} left" if p.eta is not None and p.done < p.total else ""
+                progress.message(f"teacher cache: {p.done}/{p.total} entries ({p.made} computed), "
+                                 f"{_duration(p.elapsed)}{eta}")
 
-        cache.fill(report)
+        def should_stop() -> bool:
+            over = self.cfg.time_limit is not None and time.perf_counter() - t0 >= self.cfg.time_limit
+            return stopper.signal is not None or over
+
+        complete = cache.fill(report, should_stop)
+        if not self._agree(not complete):  # every rank stops at the same place
+            return None
+        reason = self._stop_reason(stopper, start_step, t0) or "stopped"
+        kept = f"; the {cache.made} entries made are kept in {cache.folder}" if cache.folder is not None else ""
+        progress.message(f"teacher cache: stopped while filling ({reason}){kept}")
+        return reason
+
+    def _cache_or_halo(self, cache: TeacherCache) -> str:
+        """The numbers that choose between the cache and halo mode: the pixels the teacher runs on
+        (its cost per pixel is the same either way; docs/training.md, "The teacher cache at user scale")."""
+        fill = sum(h // cache.input_scale * (w // cache.input_scale) for h, w in self.store.sizes) * 8
+        r = halo_margin("halo", cache.teacher, getattr(self, "teacher_config", None)) or 0
+        halo = (self.cfg.steps - self.step) * self.rank_batch * (self.patch + 2 * r) ** 2
+        verdict = ("; halo is cheaper for this run (--teacher-cache halo)" if halo < fill
+                   else "; the cache is cheaper")
+        return (f"teacher cache: the fill runs the teacher on {fill / 1e6:.3g} M pixels once; per patch "
+                f"(--teacher-cache halo, margin {r}) it would run on {halo / 1e6:.3g} M over the steps left{verdict}")
 
     def _flush_if_pending(self) -> None:
         """Never checkpoint weights that a NaN may have reached: check the pending losses first."""
@@ -784,13 +884,26 @@ class Trainer:
             if not bool(torch.isfinite(acc).all()):
                 self._flush_losses()
 
+    def _over_time(self, t0: float) -> bool:
+        return self.cfg.time_limit is not None and time.perf_counter() - t0 >= self.cfg.time_limit
+
     def _stop_reason(self, stopper: _Stopper, start_step: int, t0: float) -> Optional[str]:
-        over_time = self.cfg.time_limit is not None and time.perf_counter() - t0 >= self.cfg.time_limit
+        over_time = self._over_time(t0)
         if self._agree(stopper.signal is not None):
             return "interrupted" if stopper.signal in (None, signal.SIGINT) else "terminated"
         if self._agree(over_time):
             return f"time limit {self.cfg.time_limit:g}s"
         return None
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 3 min 20 s, 2 h 05 min."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 class _Progress:
@@ -800,9 +913,9 @@ class _Progress:
         from rich.console import Console
 
         self.trainer, self.enabled = trainer, enabled
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, emoji=False)  # paths and values print as they are (":x:" stays)
         self.bar = None
-        self.fields = {"loss": float("nan"), "val": None, "rate": 0.0}
+        self.fields: Dict[str, Any] = {"loss": None, "val": None, "rate": 0.0}  # None: not known yet, not shown
         self._last_line = 0.0
 
     def __enter__(self) -> "_Progress":
@@ -812,12 +925,12 @@ class _Progress:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:.2f} it/s"), TimeRemainingColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[val]}"),
+                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[val]}"),
                 console=self.console,
             )
             self.bar.start()
             self.task = self.bar.add_task("train", total=self.trainer.cfg.steps, completed=self.trainer.step,
-                                          loss=float("nan"), rate=0.0, val="")
+                                          loss="", rate=0.0, val="")
         return self
 
     def update(self, step: int, loss: Optional[float] = None, rate: Optional[float] = None, val: Optional[float] = None) -> None:
@@ -828,20 +941,22 @@ class _Progress:
                 self.fields[k] = v
         if self.bar is not None:
             val_txt = f"val {self.fields['val']:.2f} dB" if self.fields["val"] is not None else ""
-            self.bar.update(self.task, completed=step, loss=self.fields["loss"], rate=self.fields["rate"], val=val_txt)
+            loss_txt = f"loss {self.fields['loss']:.4f}" if self.fields["loss"] is not None else ""
+            self.bar.update(self.task, completed=step, loss=loss_txt, rate=self.fields["rate"], val=val_txt)
         elif loss is not None or val is not None:
             now = time.monotonic()
             if now - self._last_line >= 30 or val is not None or step == self.trainer.cfg.steps:
                 self._last_line = now
                 v = f" val {self.fields['val']:.3f} dB" if self.fields["val"] is not None else ""
+                loss_txt = f" loss {self.fields['loss']:.5f}" if self.fields["loss"] is not None else ""
                 self.console.print(
-                    f"step {step}/{self.trainer.cfg.steps} loss {self.fields['loss']:.5f} "
+                    f"step {step}/{self.trainer.cfg.steps}{loss_txt} "
                     f"{self.fields['rate']:.2f} it/s{v}", highlight=False
                 )
 
     def message(self, text: str) -> None:
         if self.enabled:
-            self.console.print(text, highlight=False, markup=False)
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)  # one line each, whatever the width
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:

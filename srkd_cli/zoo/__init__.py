@@ -104,7 +104,7 @@ class Zoo:
             close.sort(key=lambda n: self.entries[n].scale != scale)  # stable: closeness within each group
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         if not close and name.lower().startswith("realesr"):
-            hint = "; Real-ESRGAN's models are not in srkd's zoo"
+            hint = "; Real-ESRGAN's models are not in srkd's zoo, but their .pth files run with --weights FILE"
         raise ModelNotFoundError(f"unknown model {name!r}{hint} (`srkd models` lists them)")
 
     def where(self, name: str) -> str:
