@@ -194,7 +194,8 @@ def test_smoke_run_stops_and_resumes(gpu_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["complete"] and summary["invocations"] == 2
-    assert summary["elapsed_s"] <= 0.4 * 60 + 30  # the budget held, give or take one stage's set-up
+    # (How long it took is not asserted: under load a wall-clock bound fails by chance; the budget
+    # arithmetic is tested on gpu_plan's functions above.)
     stages = {s["name"]: s for s in summary["stages"]}
     assert list(stages) == list(gp.STAGES)
     assert all(s["status"] in ("done", "stopped", "skipped") for s in stages.values())

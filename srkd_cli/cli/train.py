@@ -41,7 +41,7 @@ TIME_LIMIT = typer.Option(None, "--time-limit", help="Checkpoint and stop after 
 INIT = typer.Option(None, "--init", help="Start from these weights (file or zoo name; any scale): tensors of matching name and shape are copied.")
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
 FP32 = typer.Option(False, "--fp32", hidden=True, help="Same as --precision fp32 (kept for old commands).")
-PRECISION = typer.Option("auto", "--precision", help="auto, fp32 or bf16 autocast (weights, optimizer and losses stay fp32). auto: bf16 on CUDA, and on CPUs with bf16 matrix units (AMX, AVX512-BF16) for the convnets; fp32 otherwise.")
+PRECISION = typer.Option("auto", "--precision", help="auto, fp32 or bf16 autocast (weights, optimizer and losses stay fp32). auto: bf16 on CUDA, and on CPUs with bf16 matrix units (AMX, AVX512-BF16) for the architectures measured faster with it (docs/performance.md); fp32 otherwise.")
 VAL_SPLIT = typer.Option(0, "--val-split", help="Hold N training images out (spread over --data, never cut into patches): best.safetensors is picked on them; --val sets are then monitors only.")
 THREADS = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine) (default: torch's).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
