@@ -7,42 +7,29 @@ it to 1e-5 in fp32, forward and gradient, on a shifted block with a padded
 (non-multiple-of-the-window) input.
 """
 
+import importlib.util
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 from srkd_cli.archs import build_model
-from srkd_cli.archs.swinir import SwinTransformerBlock, WindowAttention, window_partition, window_reverse
+from srkd_cli.archs.swinir import SwinTransformerBlock, WindowAttention
 
 FUSED_TOL = 1e-5  # fp32, absolute on outputs and on gradients scaled to max |grad| = 1
 
 
-def _ref_attn(self, x, mask, fused=False):
-    b_, n, c = x.shape
-    qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-    bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
-    if mask is not None:
-        nw = mask.shape[0]
-        bias = (bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1).unsqueeze(0)).expand(b_ // nw, -1, -1, -1, -1)
-        bias = bias.reshape(b_, self.num_heads, n, n)
-    attn = (q * self.scale) @ k.transpose(-2, -1) + bias
-    return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b_, n, c))
+def _legacy():
+    """The pre-change code, kept once in the measuring script (its "before" rows)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "swinir_speed.py"
+    spec = importlib.util.spec_from_file_location("swinir_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._legacy_attn_forward, mod._legacy_block_forward
 
 
-def _ref_block(self, x, size, win):
-    h, w = size
-    b, _, c = x.shape
-    y = self.norm1(x).view(b, h, w, c)
-    if self.shift:
-        y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-    y = window_reverse(self.attn(window_partition(y, self.ws), win.mask if self.shift else None), self.ws, h, w)
-    if self.shift:
-        y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-    x = x + y.reshape(b, h * w, c)
-    return x + self.mlp(self.norm2(x))
+_ref_attn, _ref_block = _legacy()
 
 
 def _model(reference=False):
