@@ -68,6 +68,9 @@ class ArchSpec:
     # Whether bf16 autocast speeds its training on a CPU with bf16 matrix units, so that
     # `--precision auto` picks it there (measured: docs/performance.md, "Training precision").
     cpu_bf16_train: bool = True
+    # A line `srkd models` prints under its table when this architecture is listed (e.g. a name
+    # that another, published network also bears).
+    caveat: Optional[str] = None
     # The rules of its options beyond those their defaults imply (archs/options.py): ranges,
     # divisibility. config -> None, or OptionError(option, value, what it accepts). It runs first,
     # so it reads each option it checks through `whole`/`number`, which check the type too.
@@ -345,6 +348,8 @@ ARCHS: Dict[str, ArchSpec] = {
             detect=_detect_repsr,
             validate=_check_repsr,
             description="RepSR (srkd): a plain 3x3-conv student trained re-parameterised (--reparam), SESR-style",
+            caveat="repsr is srkd's own plain network and weights, not the published RepSR (Wang et al., "
+                   "ACM MM 2022) nor its weights (docs/zoo.md)",
             feature_names=lambda cfg: ("S1", "S2", "S3"),
             # two feature maps live at once, plus the s*s*3 sub-pixel output and its input copy
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 4 + 2 * 12 * s * s,

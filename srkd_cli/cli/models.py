@@ -47,6 +47,10 @@ def models(
             cell += "*"
             published = True
         table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["arch"], f"x{r['scale']}", _params(r["params"]), cell, r["where"])
-    if published:
-        table.caption = "* published figure, not measured by srkd"
+    from ..archs import ARCHS
+
+    notes = ["* published figure, not measured by srkd"] if published else []
+    notes += [c for c in dict.fromkeys(ARCHS[r["arch"]].caveat for r in rows if r["arch"] in ARCHS) if c]
+    if notes:
+        table.caption = "\n".join(notes)
     table_console().print(table)
