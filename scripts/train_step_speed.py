@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in archs:
-            variants = [(p, cl, r) for r in ((0, 64) if ARCHS[arch].reparam else (0,))
+            variants = [(p, cl, r) for r in ((0, 64) if ARCHS[arch].expandable else (0,))
                         for p in ("fp32", "bf16") for cl in (False, True)]
             trainers = {v: make(arch, *v, args.data, Path(tmp) / f"{arch}-{i}", args.batch) for i, v in enumerate(variants)}
             times = {v: [] for v in variants}

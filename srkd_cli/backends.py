@@ -78,7 +78,7 @@ class Backend:
 def optimize(model: nn.Module, device: Union[str, torch.device] = "cpu", tile: Union[int, str, None] = "auto") -> nn.Module:
     """The fastest eager form of `model` on `device`, computing the same function (to ~1e-6).
 
-    An architecture with a re-parameterised form (`ArchSpec.reparameterize`: SqueezeSR) runs it
+    An architecture with a re-parameterised form (`ArchSpec.fused_form`: SqueezeSR) runs it
     and, on the CPU with a small receptive field, in cache-sized tiles (`HaloTiles`; `tile="auto"`:
     CPU_TILE, or whole images once `tune_cpu_allocator` has run, which measured faster); other
     models get channels_last weights where their spec prefers it (conv nets: oneDNN runs them
@@ -88,10 +88,10 @@ def optimize(model: nn.Module, device: Union[str, torch.device] = "cpu", tile: U
         tile = None if allocator_tuned() else CPU_TILE
     device = torch.device(device)
     spec = spec_for(model)
-    if spec is None or spec.reparameterize is None:
+    if spec is None or spec.fused_form is None:
         layout = torch.channels_last if spec is None or spec.channels_last else torch.contiguous_format
         return copy.deepcopy(model).to(device, memory_format=layout).eval()
-    fused = spec.reparameterize(model, True).to(device)
+    fused = spec.fused_form(model, True).to(device)
     radius = halo_radius(model)
     if device.type == "cpu" and tile and radius is not None:
         return HaloTiles(fused, model.scale, radius, (tile, tile)).eval()

@@ -525,3 +525,20 @@ def test_distill_from_a_published_teacher_through_the_zoo_with_no_other_flag(nam
     assert prov["teacher"] == name and prov["teacher_sha256"] == sha256_file(official)
     assert prov["pairs"] == [["S1", "T1"], ["S2", "T2"], ["S3", "T3"]]
     assert lm.config["blocks"] == 3
+
+
+def test_a_built_wheel_carries_the_one_weights_toml(tmp_path):
+    """No symlink in the tree (checkouts without symlinks would break): the top-level weights.toml
+    is copied into the package when it is built, and the installed zoo reads that copy."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    assert not (root / "srkd_cli" / "weights.toml").is_symlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("srkd-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read("srkd_cli/weights.toml") == (root / "weights.toml").read_bytes()
+        assert "srkd_cli/weights/repsr-x2.safetensors" in z.namelist()

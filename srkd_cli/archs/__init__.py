@@ -55,7 +55,7 @@ class ArchSpec:
     # Inference-only forms computing the same function, for the fast backends (archs/fuse.py); None:
     # the model as it is. (model, channels_last) -> a faster eager module; model -> the module a
     # graph runtime (onnxruntime) runs, which may stop before its pixel shuffle (`export_metadata`).
-    reparameterize: Optional[Callable[[SRModel, bool], nn.Module]] = None
+    fused_form: Optional[Callable[[SRModel, bool], nn.Module]] = None
     graph_form: Optional[Callable[[SRModel], nn.Module]] = None
     # How many input pixels beyond a pixel can change its output, where that is small enough for
     # exact cache-sized pieces to pay (runtime.tiles.HaloTiles); None: wide or input-dependent reach.
@@ -63,8 +63,9 @@ class ArchSpec:
     # The int8 path (quantize.py): (model, calibration crops, quantize.RECIPE) -> the module it
     # quantises, stopped before the pixel shuffle (`export_metadata`); None: no int8 path.
     int8: Optional[Callable[[SRModel, Sequence[Any], Dict[str, Any]], nn.Module]] = None
-    # Whether `--reparam` may train it over-parameterised (archs/reparam.py: plain convs only).
-    reparam: bool = False
+    # Whether `--reparam` may expand it for training (archs/reparam.py: plain convs only); the
+    # inference-time opposite, fusing for speed, is `fused_form`.
+    expandable: bool = False
     # Whether bf16 autocast speeds its training on a CPU with bf16 matrix units, so that
     # `--precision auto` picks it there (measured: docs/performance.md, "Training precision").
     cpu_bf16_train: bool = True
@@ -335,11 +336,11 @@ ARCHS: Dict[str, ArchSpec] = {
             feature_names=lambda cfg: tuple(f"S{i + 1}" for i in range(cfg["blocks"])),
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 11 + 7 * 12 * s * s,
             train_defaults={"patch": 48, "lr": 1e-3},
-            reparameterize=fuse.reparameterize,
+            fused_form=fuse.reparameterize,
             graph_form=fuse.for_graph_runtime,
             receptive_radius=fuse.receptive_radius,
             int8=fuse.int8_form,
-            reparam=True,
+            expandable=True,
         ),
         ArchSpec(
             name="repsr",
@@ -357,7 +358,7 @@ ARCHS: Dict[str, ArchSpec] = {
             # 5x5 head and tail, one pixel per 3x3 layer: exact pieces pay, so auto runs onnxruntime
             receptive_radius=lambda m: len(m.body) + 4,
             int8=repsr.int8_form,
-            reparam=True,
+            expandable=True,
         ),
         ArchSpec(
             name="swinir",

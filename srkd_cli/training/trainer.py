@@ -348,9 +348,9 @@ class Trainer:
             self.warnings.append(init_from_weights(self.model, start.model, cfg.init))
             self.init_sha256 = sha256_file(start.path) if start.path is not None else None
         if cfg.reparam:
-            if not self.spec.reparam:
+            if not self.spec.expandable:
                 raise ConfigError(f"--reparam: {self.spec.name} cannot be re-parameterised (srkd does it for "
-                                  f"{', '.join(n for n, s in ARCHS.items() if s.reparam)})")
+                                  f"{', '.join(n for n, s in ARCHS.items() if s.expandable)})")
             # After --init, so the expanded model starts as the weights it was given.
             reparam.expand(self.model, cfg.reparam)
         self.channels_last = self.spec.channels_last

@@ -28,9 +28,10 @@ from .progress import RichBar, SilentBar, err_console
 from .schema import ModelEntry, Source, read_entries
 
 PACKAGE_DIR = Path(__file__).parents[1]
-# Not resolved: srkd_cli/weights.toml may be a symlink to the top-level file, and bundled
-# files live next to the package's copy, not next to the link target.
-DEFAULT_TOML = PACKAGE_DIR / "weights.toml"
+# One weights.toml, at the repository's top level: an installed wheel carries a copy inside the
+# package (setup.py), a source checkout or an editable install reads the top-level file.
+DEFAULT_TOML = next((p for p in (PACKAGE_DIR / "weights.toml", PACKAGE_DIR.parent / "weights.toml") if p.is_file()),
+                    PACKAGE_DIR / "weights.toml")
 DEFAULT_BUNDLED_DIR = PACKAGE_DIR / "weights"
 
 _WEIGHT_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
