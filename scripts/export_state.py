@@ -3,7 +3,7 @@
 
     python scripts/export_state.py runs/a2-twin/state.pt runs/a2-twin/step16000.safetensors
 
-For evaluating committed run states (checkpoints/*/state.pt) whose run folders are gone; the
+For evaluating committed run states (research/runs/*/state.pt) whose run folders are gone; the
 provenance names the state's commands and step. Bundled weights come from the trainer's own
 final/best files, which carry the full provenance.
 """

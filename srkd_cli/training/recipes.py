@@ -221,7 +221,7 @@ PAIRINGS: Dict[Tuple[str, str], Pairing] = {
     ("swinir", "swinir"): Pairing(
         "alpha", lambda t: {**t, "blocks": max(1, int(t["blocks"]) - 1)}, lambda s, t: [("F1", "F1")],
         "paper 2: a SwinIR with fewer RSTBs learns the teacher's output and F1", shares_weights=True),
-    # Any other teacher (e.g. BSRN for scripts/gpu_run.py's SwinIR teacher): its output alone,
+    # Any other teacher (e.g. BSRN for research/gpu/gpu_run.py's SwinIR teacher): its output alone,
     # L1(S, HR) + gamma L1(S, T) with gamma = --out-weight; no feature of another architecture matches F1.
     ("swinir", ANY_TEACHER): Pairing(
         "feature", lambda t: {}, lambda s, t: [],

@@ -3,7 +3,7 @@
 `swinir4-x{s}` is the official SwinIR-light release (and `swinir{k}-x{s}` its family's pattern):
 weights trained by srkd never take such a name. srkd's own SwinIR-light models (paper 2) are
 
-    swinir4-srkd-x{s}     srkd's 4-RSTB teacher, trained with L1 by scripts/gpu_run.py
+    swinir4-srkd-x{s}     srkd's 4-RSTB teacher, trained with L1 by research/gpu/gpu_run.py
     swinir-s{k}-kd-x{s}   a student with k RSTBs, distilled from it with paper 2's loss
     swinir-s{k}-x{s}      that student's no-KD twin: the same start and steps, L1 only
 

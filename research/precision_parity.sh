@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 30's parity check: SqueezeSR and RepSR trained 4k steps from scratch in fp32 and in bf16
 # autocast, the same seed and patch stream, scored on Set14 and Urban100 (docs/results.md).
-#   scripts/precision_parity.sh [THREADS]        -> runs/parity/<arch>-<precision>, logs/eval/parity-*.json
+#   research/precision_parity.sh [THREADS]        -> runs/parity/<arch>-<precision>, logs/eval/parity-*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-2}

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Data upcycling (DUKD-style zoom-in): a teacher's upscale of each training image's centre, as new HR images.
 
-    python scripts/upcycle.py --teacher bsrn-x2 --data ../shared/data/train --out runs/up/bsrn-x2
+    python research/upcycle.py --teacher bsrn-x2 --data ../shared/data/train --out runs/up/bsrn-x2
 
 What the images are: srkd_cli/training/upcycle.py. Images already written are kept (rerun to
 resume); `provenance.json` in --out records the teacher, its sha256 and this command. Give the
-folder to a run as a second `--data` (scripts/ablation.sh arms rep-up, rep-bsrn-o-up).
+folder to a run as a second `--data` (research/ablation.sh arms rep-up, rep-bsrn-o-up).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 30: EDSR-T, paper 1's teacher, trained on the CPU in bf16 (--precision auto).
 #
-#   scripts/edsr_t.sh SCALE [TIME_LIMIT_S]
+#   research/edsr_t.sh SCALE [TIME_LIMIT_S]
 #
 # x2 from scratch (25k steps); x3 and x4 from x2's weights (--init copies the head and body, the
 # upsampler is new), 10k steps each. Validated on a 10-image slice held out of the training images

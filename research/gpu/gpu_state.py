@@ -1,4 +1,4 @@
-"""What one GPU session of `scripts/gpu_run.py` hands the next: the resume pack and the model packs.
+"""What one GPU session of `research/gpu/gpu_run.py` hands the next: the resume pack and the model packs.
 
 A device call returns at most 8 files (16 MiB each, 64 MiB together), and the next session can
 carry in only what fits in 64 MiB beside the code and the training data. So a run's `--out` holds:
@@ -24,12 +24,12 @@ import io
 import json
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ..atomic import atomic_write
-from ..errors import ConfigError
+from srkd_cli.atomic import atomic_write
+from srkd_cli.errors import ConfigError
 
 RESUME_PACK = "resume.zip"
 MAX_PART = 15 * 2**20  # under the device tool's 16 MiB per returned file
@@ -183,19 +183,6 @@ def unpack(pack: Path, work: Path) -> List[str]:
     except (OSError, zipfile.BadZipFile) as e:
         raise ConfigError(f"{pack}: not a readable gpu_run resume pack ({type(e).__name__}: {e})") from None
     return restored
-
-
-def split_parts(sizes: Iterable[Tuple[str, int]], limit: int = MAX_PART) -> List[List[str]]:
-    """Group named files into parts whose sizes add up to at most `limit` (a bigger file gets a part alone)."""
-    parts: List[List[str]] = []
-    used = 0
-    for name, size in sizes:
-        if not parts or used + size > limit:
-            parts.append([])
-            used = 0
-        parts[-1].append(name)
-        used += size
-    return parts
 
 
 def part_name(invocation: int, part: int) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21's fair ablation: every arm the same start, steps, schedule, seed and patch stream.
 #
-#   scripts/ablation.sh SCALE ARM [TIME_LIMIT_S]
+#   research/ablation.sh SCALE ARM [TIME_LIMIT_S]
 #
 # Runs (or resumes) runs/a{SCALE}-{ARM} through the stages below, each a `--resume` of the one
 # before with a larger --steps, exactly as the earlier p2/p3/p4 runs were made (they named the same
@@ -42,13 +42,13 @@ case $ARM in
   bsrn-o)        CMD="distill --teacher bsrn-x$S --student squeezesr --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
   rep-bsrn-o)    CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
   rep-bsrn-fo)   CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0.1 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S" ;;
-  # Data upcycling: the training images plus BSRN's upscale of each one's centre (scripts/upcycle.py).
+  # Data upcycling: the training images plus BSRN's upscale of each one's centre (research/upcycle.py).
   rep-up)        CMD="train --arch squeezesr $REP --data $UP" ;;
   rep-bsrn-o-up) CMD="distill --teacher bsrn-x$S --student squeezesr $REP --feat-weight 0 --out-weight 0.5 --teacher-cache $TCACHE/bsrn-x$S --data $UP" ;;
   *) echo "arm: twin rep-twin imdn-o rep-imdn-o bsrn-o rep-bsrn-o rep-bsrn-fo rep-up rep-bsrn-o-up" >&2; exit 2 ;;
 esac
 if [[ $ARM == *-up ]] && [ ! -f "$UP/provenance.json" ]; then
-  ${PYTHON:-.venv/bin/python} scripts/upcycle.py --teacher "bsrn-x$S" --data "$DATA" --out "$UP"
+  ${PYTHON:-.venv/bin/python} research/upcycle.py --teacher "bsrn-x$S" --data "$DATA" --out "$UP"
 fi
 OUT=runs/a$S-$ARM
 [ "$SEED" = 5 ] || OUT=$OUT-seed$SEED

@@ -1,4 +1,4 @@
-"""The arithmetic behind `scripts/gpu_run.py`: budget split, step plans, the compile guard, rates.
+"""The arithmetic behind `research/gpu/gpu_run.py`: budget split, step plans, the compile guard, rates.
 
 Pure functions only (no CUDA, no files), so every decision the GPU run takes can be tested on a
 CPU: which precision, how many seconds and steps each stage gets, whether torch.compile pays.
@@ -13,7 +13,6 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 # The stages in the order they run, with their default share of the training time.
 # EDSR-T x2 trains from scratch and gets most; x3/x4 start from its body and only re-learn the
 # tail; the students are small, but each KD step also runs the teacher's forward pass.
-STAGES: Tuple[str, ...] = ("edsr-t-x2", "edsr-t-x3", "edsr-t-x4", "squeezesr-kd-x2", "squeezesr-kd-x3", "squeezesr-kd-x4")
 DEFAULT_SHARES: Dict[str, float] = {
     "edsr-t-x2": 0.46,
     "edsr-t-x3": 0.12,
@@ -160,13 +159,6 @@ def twin_seconds(steps: int, rate: float, slack: float, overhead: float = 0.0) -
     if not (rate > 0 and steps > 0):
         return 0.0
     return steps / rate / slack + overhead
-
-
-def stage_arch(stage: str) -> Tuple[str, int, bool]:
-    """'squeezesr-kd-x3' -> ('squeezesr', 3, True); 'edsr-t-x2' -> ('edsr-t', 2, False)."""
-    head, _, s = stage.rpartition("-x")
-    kd = head.endswith("-kd")
-    return (head[: -len("-kd")] if kd else head), int(s), kd
 
 
 def use_bf16(device_type: str, bf16_supported: bool) -> bool:

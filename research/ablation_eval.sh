@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Score ablation arms on Set5, Set14 and Urban100 (PSNR-Y/SSIM-Y, `srkd eval`), one JSON per arm.
 #
-#   scripts/ablation_eval.sh SCALE RUN_DIR...      -> logs/eval/<run>-x<SCALE>.json
+#   research/ablation_eval.sh SCALE RUN_DIR...      -> logs/eval/<run>-x<SCALE>.json
 #
 # Each arm is scored with the EMA weights its state.pt holds at its last step (the same step for
 # every arm: no choice by validation score), exported by scripts/export_state.py.

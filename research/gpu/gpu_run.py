@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """One GPU session, one command: probe, train the teachers, distil the students, evaluate.
 
-    python scripts/gpu_run.py --minutes 12 --out $OUT          # paper 1's plan in 12 minutes
-    python scripts/gpu_run.py --smoke --out /tmp/smoke          # the same, tiny, on the CPU
-    python scripts/gpu_run.py --report $OUT/summary.json        # the probe and results as markdown
-    python scripts/gpu_run.py --plan paper2 --minutes 36 --call-minutes 9.2 --out $OUT   # session 1 of 4
-    python scripts/gpu_run.py --resume runs/p2 --call-minutes 9.2 --out $OUT             # sessions 2..4
-    python scripts/gpu_run.py --carry-check runs/p2          # before a session: what it carries, 64 MiB
-    python scripts/gpu_run.py --evaluate runs/p2 --val ../shared/data/benchmark/Urban100  # here, on the CPU
+    python research/gpu/gpu_run.py --minutes 12 --out $OUT          # paper 1's plan in 12 minutes
+    python research/gpu/gpu_run.py --smoke --out /tmp/smoke          # the same, tiny, on the CPU
+    python research/gpu/gpu_run.py --report $OUT/summary.json        # the probe and results as markdown
+    python research/gpu/gpu_run.py --plan paper2 --minutes 36 --call-minutes 9.2 --out $OUT   # session 1 of 4
+    python research/gpu/gpu_run.py --resume runs/p2 --call-minutes 9.2 --out $OUT             # sessions 2..4
+    python research/gpu/gpu_run.py --carry-check runs/p2          # before a session: what it carries, 64 MiB
+    python research/gpu/gpu_run.py --evaluate runs/p2 --val ../shared/data/benchmark/Urban100  # here, on the CPU
 
 Plans (--plan): paper1 (EDSR-T and SqueezeSR-KD, below), paper2 (SwinIR-light: srkd's own 4-RSTB
 teacher swinir4-srkd-x{s} trained with L1, then students swinir-s{k}-kd-x{s} with k = 3, 2, 1 RSTBs
@@ -54,12 +54,13 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_plan, gpu_state beside it
 
 from srkd_cli.errors import SrkdError  # noqa: E402
-from srkd_cli.training import gpu_plan as gp  # noqa: E402
-from srkd_cli.training import gpu_state as gs  # noqa: E402
+import gpu_plan as gp  # noqa: E402
+import gpu_state as gs  # noqa: E402
 
 FORMAT = "srkd-gpu-run/1"
 # What the probe measures, with its part of --probe-minutes: paper 1 probes all three (SwinIR for
@@ -592,7 +593,7 @@ class Run:
         self.summary = {
             "format": FORMAT,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
-            "command": " ".join(["scripts/gpu_run.py", *sys.argv[1:]]),
+            "command": " ".join(["research/gpu/gpu_run.py", *sys.argv[1:]]),
             "smoke": a.smoke,
             "plan": a.plan,
             "budget_s": a.minutes * 60.0,
@@ -645,7 +646,7 @@ class Run:
             batch=a.swinir_batch if big else a.batch, patch=a.swinir_patch if big else a.patch, lr=lr,
             val_every=0, ckpt_every=0, log_every=SMOKE["log_every"] if a.smoke else 50, precision="bf16" if self.amp else "fp32",
             device=str(self.device), threads=a.threads, seed=a.seed, quiet=True,
-            command=f"scripts/gpu_run.py stage {out.name} ({self.summary['command']})",
+            command=f"research/gpu/gpu_run.py stage {out.name} ({self.summary['command']})",
         )
         base.update(kw)
         return TrainConfig(**base)
