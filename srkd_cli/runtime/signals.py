@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -50,4 +50,27 @@ def as_interrupts() -> Iterator[None]:
         yield
     finally:
         for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag the loop reads; the old handlers come back afterwards."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._old: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the checkpoint
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
             signal.signal(sig, old)

@@ -1,7 +1,7 @@
 """The training loop shared by `srkd train` and `srkd distill`.
 
 `train(TrainConfig) -> RunResult` runs a whole job: Adam with a warm-up + cosine (or multistep)
-schedule, gradient clipping, bf16 autocast on CUDA, EMA weights (validated and exported),
+schedule (schedule.py), gradient clipping, --precision (config.py), EMA weights (validated and exported),
 validation as PSNR-Y, atomic checkpoints of the full training state, a JSONL log, and
 DistributedDataParallel under torchrun.
 
@@ -17,17 +17,14 @@ every `log_every` steps, where a NaN/inf also stops the run (before any checkpoi
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shlex
 import signal
 import sys
-import threading
 import time
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -37,180 +34,34 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..archs import ARCHS, SRModel, count_params, get_arch, reparam
-from ..atomic import atomic_write
-from ..checkpoint import _why_unreadable, save_checkpoint
-from ..config import a_or_an, check_scale
-from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
+from ..checkpoint import save_checkpoint
+from ..config import a_or_an
+from ..distributed import DistEnv, dist_env, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, SrkdError
 from ..inference import pick_device
 from ..metrics import psnr, to_uint8
-from ..runtime.cpu import cpu_bf16_units
+from ..runtime.signals import StopFlag
 from .data import (PatchSampler, ValImage, check_disjoint, data_fingerprint, held_out, load_held_out, load_hr_store,
                    load_val_set, training_files)
+from .config import DEFAULT_ALPHA, RunResult, TrainConfig, TrainingDiverged, check_config, resolve_train_precision
+from .progress import TrainProgress, duration
+from .schedule import EMA, lr_at
+from .state import STATE_FILE, RunState
 from .recipes import (AlphaKD, Recipe, WithFeatures, check_pair, get_pairing, init_from_teacher, init_from_weights,
                       make_distill_recipe)
-from .teacher_cache import DTYPES as CACHE_DTYPES
 from .teacher_cache import HaloTeacher, TeacherCache, fill_precision, halo_margin, parse_mode
 
-STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
 BEST_FILE = "best.safetensors"
 FINAL_FILE = "final.safetensors"
-SCHEDULES = ("cosine", "multistep")
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 HELD_OUT = "held-out"  # the --val-split slice's name in logs and validation records
-MULTISTEP_MILESTONES = (0.5, 0.8, 0.9, 0.95)  # fractions of the run; SwinIR's 250k/400k/450k/475k of 500k
 ADAM_BETAS = (0.9, 0.99)
-DEFAULT_ALPHA = 0.75  # paper 2's
-
-
-class TrainingDiverged(SrkdError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; `None` means "the architecture's default"."""
-
-    arch: str
-    scale: int
-    data: List[Path]
-    out: Path
-    val: List[Path] = field(default_factory=list)
-    val_split: int = 0  # training images held out (never cut into patches) to validate and pick best on
-    arch_config: Dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {"blocks": 2}
-    steps: int = 100_000
-    batch: int = 16  # global: split across DDP ranks
-    patch: Optional[int] = None  # LR patch side
-    lr: Optional[float] = None
-    warmup: Optional[int] = None
-    schedule: str = "cosine"
-    ema: float = 0.999  # 0 disables EMA
-    clip: float = 1.0  # 0 disables clipping
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False  # replace the weights in an --out folder that has no state.pt to resume
-    ckpt_every: int = 1000
-    val_every: int = 1000  # 0: validate only at the end
-    log_every: int = 50
-    stop_after: Optional[int] = None  # checkpoint and stop after this many steps of this invocation
-    time_limit: Optional[float] = None  # seconds; checkpoint and stop when reached
-    compile: bool = False
-    precision: str = "auto"  # auto, fp32 or bf16 (autocast; weights, optimizer, EMA and losses stay fp32)
-    threads: Optional[int] = None  # CPU intra-op threads (torch.set_num_threads); None leaves torch's default
-    quiet: bool = False
-    # distillation
-    teacher: Optional[str] = None  # zoo name or weights file
-    init_from_teacher: bool = False
-    init: Optional[str] = None  # weights (file or zoo name) to start from
-    alpha: Optional[float] = None  # paper 2's alpha; None: DEFAULT_ALPHA (given to another recipe: a warning)
-    feat_loss: str = "l1"
-    feat_weight: float = 0.1
-    out_weight: Optional[float] = None  # weight of L1(student, teacher output); None: 0, or 1 without feature pairs
-    teacher_cache: str = "off"  # off, ram, halo[:R] or a folder (training/teacher_cache.py)
-    cache_dtype: str = "fp16"  # how the cache stores the teacher's image: fp16, uint8 or fp32
-    teacher_only: bool = False  # no HR: --data images are the inputs, the teacher's output the target
-    reparam: int = 0  # expansion width of training-time re-parameterisation (archs/reparam.py); 0: off
-    command: Optional[str] = None  # recorded in provenance
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    step: int
-    completed: bool  # False when stopped early (signal, --stop-after, time limit)
-    final: Optional[Path]
-    best: Optional[Path]
-    best_psnr: Optional[float]
-    last_loss: Optional[float]
-    model: SRModel  # the exported weights (EMA, or raw when EMA is off)
-    teacher: Optional[SRModel] = None
-    stop_reason: Optional[str] = None
-    warnings: List[str] = field(default_factory=list)  # what the run printed as warnings
-    # What final.safetensors would carry, at the step it stopped: for saving `model` elsewhere.
-    arch: str = ""
-    model_config: Dict[str, Any] = field(default_factory=dict)
-    provenance: Dict[str, Any] = field(default_factory=dict)
-    already_complete: bool = False  # --resume found the run complete: it said so and wrote nothing
-
-
-def lr_at(step: int, base: float, total: int, warmup: int, schedule: str) -> float:
-    """Learning rate for 0-based `step`: linear warm-up to `base`, then cosine to 0 or halvings."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "cosine":
-        t = (step - warmup) / max(1, total - warmup)
-        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-    halvings = sum(step >= int(f * total) for f in MULTISTEP_MILESTONES)
-    return base * 0.5**halvings
-
-
-def resolve_train_precision(asked: str, device: torch.device, spec: Any, warnings: List[str]) -> str:
-    """"fp32" or "bf16" (autocast) for `--precision asked` on `device`.
-
-    auto: bf16 on CUDA (as always); on a CPU, bf16 where it has bf16 matrix units (AMX or
-    AVX512-BF16) and the architecture measured faster with it (`ArchSpec.cpu_bf16_train`).
-    """
-    if device.type == "cuda":
-        return "fp32" if asked == "fp32" else "bf16"
-    if device.type != "cpu":
-        if asked == "bf16":
-            raise ConfigError(f"--precision bf16: not supported on {device.type}; use fp32")
-        return "fp32"
-    units = cpu_bf16_units()
-    if asked == "auto":
-        return "bf16" if units and spec.cpu_bf16_train else "fp32"
-    if asked == "bf16" and not units:
-        warnings.append("--precision bf16: this CPU has no bf16 matrix units (AMX, AVX512-BF16); "
-                        "bf16 is emulated and slower than fp32")
-    return asked
 
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
     """The device named on the command line (`auto`: cuda, mps, cpu), one per torchrun rank."""
     return rank_device(env, pick_device(name))
 
-
-class EMA:
-    """Exponential moving average of the weights; the decay ramps up so early validation is meaningful."""
-
-    def __init__(self, model: SRModel, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: SRModel, step: int) -> None:
-        d = min(self.decay, (1.0 + step) / (10.0 + step))
-        ema_p = [p for p in self.model.parameters()]
-        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
-
-
-class _Stopper:
-    """SIGINT/SIGTERM set a flag the loop reads; the old handlers come back afterwards."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[int] = None
-        self._old: Dict[int, Any] = {}
-
-    def __enter__(self) -> "_Stopper":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the checkpoint
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _logged_step(line: str) -> float:
@@ -221,50 +72,11 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def _check_config(cfg: TrainConfig) -> None:
-    check_scale(cfg.scale)
-    positive = {"--steps": cfg.steps, "--batch": cfg.batch, "--log-every": cfg.log_every}
-    for name, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{name} {v}: must be at least 1")
-    if cfg.patch is not None and cfg.patch < 4:
-        raise ConfigError(f"--patch {cfg.patch}: must be at least 4 (LR pixels)")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ConfigError(f"--lr {cfg.lr}: must be positive")
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"--schedule {cfg.schedule}: use one of {', '.join(SCHEDULES)}")
-    if not 0.0 <= cfg.ema < 1.0:
-        raise ConfigError(f"--ema {cfg.ema}: must lie in [0, 1) (0 turns EMA off)")
-    for name, v in {"--clip": cfg.clip, "--ckpt-every": cfg.ckpt_every, "--val-every": cfg.val_every}.items():
-        if v < 0:
-            raise ConfigError(f"{name} {v}: must be >= 0 (0 turns it off)")
-    if cfg.warmup is not None and cfg.warmup < 0:
-        raise ConfigError(f"--warmup {cfg.warmup}: must be >= 0")
-    if cfg.time_limit is not None and not cfg.time_limit >= 0:
-        raise ConfigError(f"--time-limit {cfg.time_limit:g}: must be >= 0 seconds (0: stop once set up)")
-    if cfg.alpha is not None and not 0.0 <= cfg.alpha <= 1.0:
-        raise ConfigError(f"--alpha {cfg.alpha:g}: must lie in [0, 1]")
-    if not cfg.data:
-        raise ConfigError("--data: give at least one folder of training images")
-    if cfg.init_from_teacher and not cfg.teacher:
-        raise ConfigError("--init-from-teacher needs --teacher")
-    if cfg.teacher_only and not cfg.teacher:
-        raise ConfigError("--teacher-only needs --teacher (srkd distill)")
-    if cfg.cache_dtype not in CACHE_DTYPES:
-        raise ConfigError(f"--cache-dtype {cfg.cache_dtype}: use one of {', '.join(CACHE_DTYPES)}")
-    if cfg.reparam < 0:
-        raise ConfigError(f"--reparam {cfg.reparam}: the expansion width must be >= 1 (0 turns it off)")
-    if cfg.precision not in TRAIN_PRECISIONS:
-        raise ConfigError(f"--precision {cfg.precision}: use one of {', '.join(TRAIN_PRECISIONS)}")
-    if cfg.val_split < 0:
-        raise ConfigError(f"--val-split {cfg.val_split}: must be >= 0 (0 holds no training image out)")
-
-
-class Trainer:
+class Trainer(RunState):
     """One run. Construction does all the checking and loading; `run()` trains."""
 
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None):
-        _check_config(cfg)
+        check_config(cfg)
         self.cfg = cfg
         self.env = env or dist_env()
         self.is_main = self.env.is_main
@@ -483,109 +295,6 @@ class Trainer:
         derived = {k: v for k, v in derived.items() if k in self.spec.defaults}
         return self.spec.config(**{**derived, **self.cfg.arch_config})
 
-    # ------------------------------------------------------------------ state
-
-    def _state(self) -> Dict[str, Any]:
-        streams = gather_objects(self.sampler.state_dict()["generator"], self.env)
-        return {
-            "format": "srkd-train-state/1",
-            "step": self.step,
-            "arch": self.spec.name,
-            "scale": self.cfg.scale,
-            "model_config": self.model_config,
-            "reparam": self.cfg.reparam,
-            "recipe": self.recipe.describe(),
-            "commands": self._commands(),
-            "init_sha256": self.init_sha256,
-            "model": self.model.state_dict(),
-            "adapters": self.adapters.state_dict(),
-            "ema": self.ema.model.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"schedule": self.cfg.schedule, "warmup": self.warmup, "steps": self.cfg.steps, "base_lr": self.base_lr},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "streams": streams,
-            },
-            "best_psnr": self.best_psnr,
-            "last_val": self.last_val,
-            "acc": None if self._acc is None else self._acc.detach().cpu(),
-            "acc_steps": self._acc_steps,
-            "part_names": self._part_names,
-            "data_fingerprint": self.fingerprint,
-            "world_size": self.env.world_size,
-            "val_split": [f.name for f in self.held_out],
-            "precision": self.precision,
-        }
-
-    def save_state(self) -> None:
-        state = self._state()  # every rank takes part in gathering the data streams
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_save(state, self.out / STATE_FILE)
-        self._last_ckpt_step = self.step
-
-    def _load_state(self) -> None:
-        path = self.out / STATE_FILE
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
-            # torch's advice to load with weights_only=False is what must never be done with a file one did not write
-            raise ConfigError(f"{path}: cannot read the training state: {_why_unreadable(e)}") from None
-        for key, mine in (("arch", self.spec.name), ("scale", self.cfg.scale), ("model_config", self.model_config)):
-            if st.get(key) != mine:
-                raise ConfigError(f"--resume: {path} is a run of {key}={st.get(key)}, this command asks for {mine}")
-        if int(st.get("reparam", 0)) != self.cfg.reparam:
-            raise ConfigError(f"--resume: {path} was trained with --reparam {st.get('reparam', 0)}, "
-                              f"this command asks for --reparam {self.cfg.reparam}")
-        if st.get("recipe", {}).get("recipe") != self.recipe.name:
-            raise ConfigError(f"--resume: {path} was trained with recipe {st.get('recipe')}, not {self.recipe.name}")
-        was_only = bool(st.get("recipe", {}).get("teacher_only"))
-        if was_only != bool(self.cfg.teacher_only):
-            raise ConfigError(f"--resume: {path} was trained {'with' if was_only else 'without'} --teacher-only; "
-                              "give the same (the inputs and the targets differ)")
-        self.model.load_state_dict(st["model"])
-        if st.get("adapters"):
-            self.adapters.load_state_dict(st["adapters"])
-        if self.ema and st["ema"] is not None:
-            self.ema.model.load_state_dict(st["ema"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.step = int(st["step"])
-        self.best_psnr, self.last_val = st["best_psnr"], st["last_val"]
-        torch.set_rng_state(st["rng"]["torch"])
-        if self.device.type == "cuda" and st["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
-        streams = st["rng"]["streams"]
-        if len(streams) == self.env.world_size:
-            self.sampler.generator.set_state(streams[self.env.rank])
-        else:
-            self.warnings.append(
-                f"--resume: the state was written by {len(streams)} processes, this run has {self.env.world_size}: "
-                "the data streams restart from new seeds (not a bit-exact resume)"
-            )
-            self.sampler.generator.manual_seed(self._stream_seed(self.env.rank) + self.step)
-        if st["acc"] is not None:
-            self._acc = st["acc"].to(self.device)
-        self._acc_steps, self._part_names = st["acc_steps"], list(st["part_names"])
-        if st.get("data_fingerprint") != self.fingerprint:
-            self.warnings.append("--resume: the training data changed since the run started")
-        held = [f.name for f in self.held_out]
-        if st.get("val_split", []) != held:
-            raise ConfigError(f"--resume: {path} held out {len(st.get('val_split', []))} training images "
-                              f"(--val-split), this command holds out {len(held)}: they train on different images")
-        if st.get("precision", "fp32" if self.device.type == "cpu" else "bf16") != self.precision:
-            self.warnings.append(f"--resume: the run trained in {st.get('precision', 'fp32')} and goes on in "
-                                 f"{self.precision} (not a bit-exact resume)")
-        self._earlier_commands = [str(c) for c in st.get("commands", [])]
-        started = st.get("init_sha256")
-        if started:
-            if self.init_sha256 and self.init_sha256 != started:
-                self.warnings.append(f"--resume: --init {self.cfg.init} is not the file this run started from; "
-                                     "the weights come from the state, the provenance names the original")
-            self.init_sha256 = started
-        self._last_ckpt_step = self.step
-        self._resumed = True
-
     # ------------------------------------------------------------------ logging
 
     def _open_log(self):
@@ -744,11 +453,11 @@ class Trainer:
         start_step, t0 = self.step, time.perf_counter()
         stop_reason: Optional[str] = None
         with ExitStack() as stack:
-            stopper = stack.enter_context(_Stopper())
+            stopper = stack.enter_context(StopFlag())
             log = self._open_log()
             if log is not None:
                 stack.callback(log.close)
-            progress = stack.enter_context(_Progress(self, enabled=self.is_main and not cfg.quiet))
+            progress = stack.enter_context(TrainProgress(self, enabled=self.is_main and not cfg.quiet))
             for w in self.warnings:
                 progress.message(f"warning: {w}")
             if self.is_main and self.step == 0:
@@ -821,7 +530,7 @@ class Trainer:
 
     def _already_complete(self) -> RunResult:
         """--resume of a run that has reached --steps and exported its weights: one line, nothing written."""
-        _Progress(self, enabled=self.is_main and not self.cfg.quiet).message(
+        TrainProgress(self, enabled=self.is_main and not self.cfg.quiet).message(
             f"{self.out}: the run is complete (step {self.step}, --steps {self.cfg.steps}); nothing to do "
             "(a larger --steps trains it further)")
         final, best = self.out / FINAL_FILE, self.out / BEST_FILE
@@ -830,7 +539,7 @@ class Trainer:
                          self.export_model(), self.recipe.teacher, None, list(self.warnings),
                          self.spec.name, dict(self.model_config), self.provenance(), already_complete=True)
 
-    def _fill_cache(self, progress: "_Progress", stopper: _Stopper, start_step: int, t0: float) -> Optional[str]:
+    def _fill_cache(self, progress: "TrainProgress", stopper: StopFlag, start_step: int, t0: float) -> Optional[str]:
         """Fill the teacher cache before the first step; a signal or --time-limit stops it between
         entries (the reason is returned; a folder keeps the entries made). A line at every tenth and
         at least every 30 s, with the ETA."""
@@ -847,9 +556,9 @@ class Trainer:
             now = time.perf_counter()
             if self.is_main and (p.done * 10 // p.total > shown[0] or p.done in (1, p.total) or now - last[0] >= 30):
                 shown[0], last[0] = p.done * 10 // p.total, now
-                eta = f", about {_duration(p.eta)} left" if p.eta is not None and p.done < p.total else ""
+                eta = f", about {duration(p.eta)} left" if p.eta is not None and p.done < p.total else ""
                 progress.message(f"teacher cache: {p.done}/{p.total} entries ({p.made} computed), "
-                                 f"{_duration(p.elapsed)}{eta}")
+                                 f"{duration(p.elapsed)}{eta}")
 
         def should_stop() -> bool:
             over = self.cfg.time_limit is not None and time.perf_counter() - t0 >= self.cfg.time_limit
@@ -887,80 +596,13 @@ class Trainer:
     def _over_time(self, t0: float) -> bool:
         return self.cfg.time_limit is not None and time.perf_counter() - t0 >= self.cfg.time_limit
 
-    def _stop_reason(self, stopper: _Stopper, start_step: int, t0: float) -> Optional[str]:
+    def _stop_reason(self, stopper: StopFlag, start_step: int, t0: float) -> Optional[str]:
         over_time = self._over_time(t0)
         if self._agree(stopper.signal is not None):
             return "interrupted" if stopper.signal in (None, signal.SIGINT) else "terminated"
         if self._agree(over_time):
             return f"time limit {self.cfg.time_limit:g}s"
         return None
-
-
-def _duration(seconds: float) -> str:
-    """12 s, 3 min 20 s, 2 h 05 min."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-class _Progress:
-    """A rich progress bar on a terminal; plain lines (at most every 30 s) otherwise; nothing when quiet."""
-
-    def __init__(self, trainer: Trainer, enabled: bool):
-        from rich.console import Console
-
-        self.trainer, self.enabled = trainer, enabled
-        self.console = Console(stderr=True, emoji=False)  # paths and values print as they are (":x:" stays)
-        self.bar = None
-        self.fields: Dict[str, Any] = {"loss": None, "val": None, "rate": 0.0}  # None: not known yet, not shown
-        self._last_line = 0.0
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.2f} it/s"), TimeRemainingColumn(),
-                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[val]}"),
-                console=self.console,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=self.trainer.cfg.steps, completed=self.trainer.step,
-                                          loss="", rate=0.0, val="")
-        return self
-
-    def update(self, step: int, loss: Optional[float] = None, rate: Optional[float] = None, val: Optional[float] = None) -> None:
-        if not self.enabled:
-            return
-        for k, v in (("loss", loss), ("rate", rate), ("val", val)):
-            if v is not None:
-                self.fields[k] = v
-        if self.bar is not None:
-            val_txt = f"val {self.fields['val']:.2f} dB" if self.fields["val"] is not None else ""
-            loss_txt = f"loss {self.fields['loss']:.4f}" if self.fields["loss"] is not None else ""
-            self.bar.update(self.task, completed=step, loss=loss_txt, rate=self.fields["rate"], val=val_txt)
-        elif loss is not None or val is not None:
-            now = time.monotonic()
-            if now - self._last_line >= 30 or val is not None or step == self.trainer.cfg.steps:
-                self._last_line = now
-                v = f" val {self.fields['val']:.3f} dB" if self.fields["val"] is not None else ""
-                loss_txt = f" loss {self.fields['loss']:.5f}" if self.fields["loss"] is not None else ""
-                self.console.print(
-                    f"step {step}/{self.trainer.cfg.steps}{loss_txt} "
-                    f"{self.fields['rate']:.2f} it/s{v}", highlight=False
-                )
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)  # one line each, whatever the width
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @contextmanager
