@@ -1,27 +1,74 @@
-"""Writing a file so that it appears whole or not at all."""
+"""Writing a file so that it appears whole or not at all: the one way srkd writes outputs, states,
+caches and downloads (a temporary file beside the target, synced, then renamed)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Set, Union
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Set, Tuple, Union
 
 from .errors import OutputError
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    The parent folder is created; the temporary file is removed whatever happens, so a crash
-    never leaves a half-written file under the final name.
-    """
+
+def _temp_beside(path: Path) -> Tuple[int, Path]:
+    """A new temporary file beside `path`: `.NAME.PID.XXXXXXXX.tmp` (the pid tells a later run
+    whether its writer still lives: `remove_stale_temps`)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    return fd, Path(name)
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Give `tmp` the usual mode (mkstemp and some writers make 0600) and rename it onto `path`."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    if not overwrite and path.exists():
+        raise FileExistsError(errno.EEXIST, "already exists", str(path))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_file(path: Union[str, Path], overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: on a clean exit it is flushed, synced to disk and
+    renamed into place, so a reader (or a crash, or a power cut) never sees half a file; on any
+    error or interrupt it is removed. `overwrite=False` refuses to replace an existing `path`
+    (FileExistsError). The parent folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Union[str, Path], write: Callable[[Path], None], overwrite: bool = True) -> Path:
+    """`atomic_file` for writers that want a path (torch.save, PIL, safetensors): `write(tmp)`
+    fills a temporary file beside `path`, which is then synced and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _temp_beside(path)
+    os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _publish(tmp, path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -68,8 +115,8 @@ def write_report(option: str, path: Union[str, Path], text: str, overwrite: bool
 
 def remove_stale_temps(paths: Iterable[Union[str, Path]]) -> List[Path]:
     """Remove the temporary files srkd's writers left beside `paths` when they were killed
-    (kill -9): `.NAME.PID.tmp` (`atomic_write`) and `.NAME.PID.XXXXXXXX.tmp` (imaging.io) whose
-    process is gone. A live writer's file, and any other file, stays. Returns those removed."""
+    (kill -9): `.NAME.PID.XXXXXXXX.tmp`, and `.NAME.PID.tmp` of older versions, whose process is
+    gone. A live writer's file, and any other file, stays. Returns those removed."""
     names: Dict[Path, Set[str]] = {}
     for p in paths:
         p = Path(p)

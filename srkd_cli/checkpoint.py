@@ -8,7 +8,6 @@ config, the scale and the provenance. Foreign files are canonicalised in one pla
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -262,10 +261,4 @@ def save_checkpoint(
     }
     if provenance:
         meta["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
-    from .imaging.io import _umask
-
-    def write(tmp: Path) -> None:
-        save_file(sd, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600: give the mode of every other output
-
-    return atomic_write(path, write)
+    return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))

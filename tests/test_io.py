@@ -513,7 +513,9 @@ def test_failed_write_leaves_no_temporary_file_and_keeps_the_old_one(tmp_path, m
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imio.os, "replace", broken_replace)
+    import srkd_cli.atomic
+
+    monkeypatch.setattr(srkd_cli.atomic.os, "replace", broken_replace)  # the one atomic writer
     with pytest.raises(OutputError) as info:
         write_image(target, torch.rand(1, 3, 4, 4), None, 8, overwrite=True)
     assert str(target) in str(info.value) and "No space left" in str(info.value)

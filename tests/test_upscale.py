@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+import srkd_cli.atomic
 from PIL import Image as PILImage
 from PIL import ImageCms
 from torch import nn
@@ -371,14 +373,14 @@ def test_batch_reports_bad_files_does_the_rest_and_writes_atomically(tmp_path, r
     (src / "bad [red].png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(RNG.integers(0, 256, 64, dtype=np.uint8)))
     import srkd_cli.imaging.io as imio
 
-    real_fsync = imio.os.fsync
+    real_fsync = srkd_cli.atomic.os.fsync
 
     def failing_fsync(fd):  # the disk fills up while b's output is written
         if "b_x2" in os.readlink(f"/proc/self/fd/{fd}"):
             raise OSError(28, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(imio.os, "fsync", failing_fsync)
+    monkeypatch.setattr(srkd_cli.atomic.os, "fsync", failing_fsync)
     code, out, err = run_cli("upscale", src, "-w", weights, "-o", tmp_path / "out", "--json", tmp_path / "r.json")
     lines = assert_one_error(code, err, "bad [red].png", "b_x2.png")  # printed as named, not as markup
     assert code == 1 and len(lines.splitlines()) == 2 and "No space left" in lines

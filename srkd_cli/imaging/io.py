@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import glob
 import io
-import os
 import stat
 import struct
-import tempfile
 import threading
 import warnings
 import zlib
@@ -33,6 +31,7 @@ import torch
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from srkd_cli.atomic import atomic_file
 from srkd_cli.errors import InputError, OutputError
 
 from .metadata import (ORIENTATION, PNG_SIGNATURE, exif_of, icc_fits, normalise_exif, png_add_metadata, png_chunk,
@@ -597,34 +596,12 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], None], overwrite: 
     except OSError as e:
         raise OutputError(f"{folder}: cannot create the output folder ({_reason(e)})") from None
     try:
-        # `.NAME.PID.XXXXXXXX.tmp`: the pid tells a later run whether the writer still lives (atomic.remove_stale_temps)
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"{folder}: cannot write into this folder ({_reason(e)})") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, overwrite=overwrite) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        if not overwrite and path.exists():
-            raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{path}: cannot write ({_reason(e)})") from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    except FileExistsError:
+        raise OutputError(f"{path}: already exists (pass --overwrite to replace it)") from None
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({_reason(e)})") from None
 
 
 def _reason(e: OSError) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import inspect
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .. import __version__
+from ..atomic import atomic_file
 from .cache import CHUNK, url_cache_path
 from .failures import SourceFailed, Transient, first_line, hf_failure, http_status_failure
 from .schema import Source
@@ -49,15 +49,9 @@ def _fetch_url_once(src: Source, dest: Path, label: str, bar_cls: type) -> Path:
     with resp:
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        except OSError as e:
-            raise SourceFailed(f"cannot write to the cache folder {dest.parent} ({e.strerror or e})")
-        tmp = Path(tmp_name)
         received = 0
         try:
-            with os.fdopen(fd, "wb") as out, bar_cls(total=total, desc=label) as bar:
+            with atomic_file(dest) as out, bar_cls(total=total, desc=label) as bar:
                 while True:
                     try:
                         chunk = resp.read(CHUNK)
@@ -68,17 +62,13 @@ def _fetch_url_once(src: Source, dest: Path, label: str, bar_cls: type) -> Path:
                         raise Transient(f"connection lost after {received} bytes ({first_line(e)})")
                     if not chunk:
                         break
-                    try:
-                        out.write(chunk)
-                    except OSError as e:
-                        raise SourceFailed(f"cannot write to the cache folder {dest.parent} ({e.strerror or e})")
+                    out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-            if total is not None and received != total:
-                raise Transient(f"download cut off after {received} of {total} bytes")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+                if total is not None and received != total:  # inside: the partial file is never published
+                    raise Transient(f"download cut off after {received} of {total} bytes")
+        except OSError as e:  # the cache folder: not creatable, not writable, full
+            raise SourceFailed(f"cannot write to the cache folder {dest.parent} ({e.strerror or e})") from None
     return dest
 
 
