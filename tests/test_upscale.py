@@ -22,12 +22,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-import srkd_cli.atomic
 from PIL import Image as PILImage
 from PIL import ImageCms
 from torch import nn
 
+import srkd_cli.atomic
 from srkd_cli import inference
 from srkd_cli.archs import build_model, detect_arch, get_arch
 from srkd_cli.archs.swinir import SwinIR
@@ -371,8 +370,6 @@ def test_batch_reports_bad_files_does_the_rest_and_writes_atomically(tmp_path, r
     for name in ("a.png", "b.png", "c.png"):
         PILImage.fromarray(smooth(10, 12)).save(src / name)
     (src / "bad [red].png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(RNG.integers(0, 256, 64, dtype=np.uint8)))
-    import srkd_cli.imaging.io as imio
-
     real_fsync = srkd_cli.atomic.os.fsync
 
     def failing_fsync(fd):  # the disk fills up while b's output is written
