@@ -8,16 +8,16 @@ Rows (each adds one change to the row above, unless it says otherwise):
   no_grad              torch.no_grad()
   inference_mode       torch.inference_mode()            <- `srkd bench --backend torch`
   channels_last        + NHWC weights and input
-  fused                + re-parameterised fire blocks (archs/fuse.py), in-place ReLU/add
+  fused                + re-parameterised fire blocks (archs/squeezesr_fused.py), in-place ReLU/add
   fused, tiles T       + cache-sized tiles with an exact halo (runtime.tiles.HaloTiles)  <- `--backend torch-opt`
   onnxruntime G        the model exported to ONNX as graph G, whole image, all threads on each op:
-                       G = plain, fused (archs.fuse.reparameterize) or split (archs.fuse.split_stream)
-  ... shuffle outside  split graph without its pixel shuffle (archs.fuse.Subpixel), shuffled by torch
+                       G = plain, fused (archs.squeezesr_fused.reparameterize) or split (archs.squeezesr_fused.split_stream)
+  ... shuffle outside  split graph without its pixel shuffle (archs.squeezesr_fused.Subpixel), shuffled by torch
   ... strips           + one strip (with halo) per thread, one single-threaded session each,
                        shuffled while copied into place (runtime.tiles.HaloTiles)
   ... pieces HxW       + pieces of at most runtime.tiles.ORT_CPU_TILE instead of strips; "no symbolic
                        shapes": exported without them (runtime.onnx_shapes.with_symbolic_shapes)
-  ... column pairs     + the tail computing two columns per pixel (x2; archs.fuse._paired_conv)
+  ... column pairs     + the tail computing two columns per pixel (x2; archs.squeezesr_fused._paired_conv)
                        <- `--backend onnxruntime`; then other piece bounds (`--ort-tiles`)
   torchscript          traced, frozen, optimize_for_inference (plain model)
   compile              torch.compile (inductor, freezing) of the fused channels_last model (with --compile)
@@ -38,7 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.archs import build_model  # noqa: E402
-from srkd_cli.archs.fuse import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
+from srkd_cli.archs.squeezesr_fused import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
 from srkd_cli.backends import onnx_runner, prepare  # noqa: E402
 from srkd_cli.bench import parse_size, run_bench, write_json  # noqa: E402
 from srkd_cli.runtime.allocator import tune_cpu_allocator  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.archs import build_model  # noqa: E402
-from srkd_cli.archs.fuse import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
+from srkd_cli.archs.squeezesr_fused import Subpixel, receptive_radius, reparameterize, split_stream  # noqa: E402
 from srkd_cli.bench import parse_size  # noqa: E402
 from srkd_cli.runtime.allocator import tune_cpu_allocator  # noqa: E402
 from srkd_cli.runtime.tiles import ORT_CPU_TILE, HaloTiles  # noqa: E402

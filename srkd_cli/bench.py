@@ -8,7 +8,7 @@ What each record field means and how it is measured (docs/performance.md has the
   size (on the meta device, so nothing is computed): convolutions, linear layers and the
   attention matmuls (q@k, attn@v); MACs = counted FLOPs / 2. Element-wise ops, softmax and
   norms are not counted. Always the original model's count, whatever the backend runs (a
-  re-parameterised SqueezeSR computes some zero taps: see archs/fuse.py). Bicubic rows say 48:
+  re-parameterised SqueezeSR computes some zero taps: see archs/squeezesr_fused.py). Bicubic rows say 48:
   a 4x4 kernel over 3 channels, nominal rather than counted.
 - `median_s`, `min_s`, `max_s`: seconds per call over `repeat` timed calls after `warmup`
   calls. Rows are timed in interleaved rounds (row 1, row 2, ..., row 1, ...), so a load

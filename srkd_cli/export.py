@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .archs import ARCHS
-from .archs.fuse import reparameterize, split_stream
+from .archs.squeezesr_fused import reparameterize, split_stream
 from .atomic import atomic_write
 from .backends import check_precision
 from .config import or_list
@@ -180,7 +180,7 @@ def export(
 ) -> ExportResult:
     """Export a zoo model or weights file (`name`) to `output`.
 
-    `fuse` exports SqueezeSR re-arranged for the format's runtime (archs/fuse.py): for ONNX
+    `fuse` exports SqueezeSR re-arranged for the format's runtime (archs/squeezesr_fused.py): for ONNX
     the split residual stream, for TorchScript the merged expands. Same outputs, faster.
     `int8`: quantised for onnxruntime where the architecture has an int8 form (`export_int8`, with `weight_bits`).
     """

@@ -8,7 +8,7 @@ the fp32 backend, in cache-sized pieces with an exact halo (`runtime.tiles.HaloT
 convs pad with the zero point, so pieces equal a whole-image call). `backends.check_precision`
 says, in one line, where int8 cannot run. The forms:
 
-- SqueezeSR (`archs.fuse.int8_form`): re-parameterised (merged expands, no concat) and its
+- SqueezeSR (`archs.squeezesr_fused.int8_form`): re-parameterised (merged expands, no concat) and its
   residual stream equalised (`RECIPE["equalize"]`, below).
 - RepSR (`archs.repsr.int8_form`): as it is, its nearest-neighbour residual a one-hot 1x1 conv.
   A plain stack of convs has no stream that every op reads, and lost 0.08 dB on Set5 x2 without

@@ -11,7 +11,7 @@ import torch
 
 from srkd_cli import bench
 from srkd_cli.archs import build_model
-from srkd_cli.archs.fuse import FusedSqueezeSR, Subpixel, receptive_radius, reparameterize, split_stream
+from srkd_cli.archs.squeezesr_fused import FusedSqueezeSR, Subpixel, receptive_radius, reparameterize, split_stream
 from srkd_cli.backends import optimize
 from srkd_cli.checkpoint import save_checkpoint
 from srkd_cli.errors import ConfigError, ModelNotFoundError
@@ -146,7 +146,7 @@ def test_fused_and_split_squeezesr_equal_unfused(scale):
         assert len(tiled.pieces(37, 29)) == 9
         assert (tiled(x) - ref).abs().max() < 1e-5
         assert (optimize(model, "cpu")(x) - ref).abs().max() < 1e-5
-        split = split_stream(model, pair_columns=None)  # as the onnxruntime backend makes it (fuse.for_graph_runtime)
+        split = split_stream(model, pair_columns=None)  # as the onnxruntime backend makes it (squeezesr_fused.for_graph_runtime)
         assert (split(x) - ref).abs().max() < 1e-5 and receptive_radius(split) == receptive_radius(model) == 5
         sub = Subpixel(split)
         # x2's 12-channel tail computes column pairs (24 channels, width // 2 + 1); x3/x4 do not

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from srkd_cli.archs import build_model, get_arch
-from srkd_cli.archs.fuse import reparameterize
+from srkd_cli.archs.squeezesr_fused import reparameterize
 from srkd_cli.checkpoint import save_checkpoint
 from srkd_cli.errors import ConfigError, OutputError
 from srkd_cli.export import export_model
@@ -205,7 +205,7 @@ def test_conv_net_exports_carry_symbolic_shapes_so_adds_fold_into_convs(tmp_path
     import onnx
     import onnxruntime as ort
 
-    from srkd_cli.archs.fuse import Subpixel, split_stream
+    from srkd_cli.archs.squeezesr_fused import Subpixel, split_stream
     from srkd_cli.runtime.graph import onnx_bytes
     from srkd_cli.runtime.onnx_shapes import conv_net_shapes
 

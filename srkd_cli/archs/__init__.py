@@ -20,7 +20,7 @@ from torch import nn
 from ..config import SCALES, check_scale
 from ..errors import CheckpointError, ConfigError
 from .base import SRModel
-from . import carn, compact, esrgan, fuse, repsr
+from . import carn, compact, esrgan, repsr, squeezesr_fused
 from .bsrn import BSRN
 from .edsr_t import EDSRT
 from .imdn import IMDN
@@ -52,7 +52,7 @@ class ArchSpec:
     # Foreign files that need more than the generic clean-up (e.g. one upsampler per scale):
     # (state dict, requested scale or None) -> the state dict this architecture loads.
     canonicalize: Optional[Callable[[StateDict, Optional[int]], Dict[str, torch.Tensor]]] = None
-    # Inference-only forms computing the same function, for the fast backends (archs/fuse.py); None:
+    # Inference-only forms computing the same function, for the fast backends (archs/squeezesr_fused.py); None:
     # the model as it is. (model, channels_last) -> a faster eager module; model -> the module a
     # graph runtime (onnxruntime) runs, which may stop before its pixel shuffle (`export_metadata`).
     fused_form: Optional[Callable[[SRModel, bool], nn.Module]] = None
@@ -336,10 +336,10 @@ ARCHS: Dict[str, ArchSpec] = {
             feature_names=lambda cfg: tuple(f"S{i + 1}" for i in range(cfg["blocks"])),
             bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 11 + 7 * 12 * s * s,
             train_defaults={"patch": 48, "lr": 1e-3},
-            fused_form=fuse.reparameterize,
-            graph_form=fuse.for_graph_runtime,
-            receptive_radius=fuse.receptive_radius,
-            int8=fuse.int8_form,
+            fused_form=squeezesr_fused.reparameterize,
+            graph_form=squeezesr_fused.for_graph_runtime,
+            receptive_radius=squeezesr_fused.receptive_radius,
+            int8=squeezesr_fused.int8_form,
             expandable=True,
         ),
         ArchSpec(

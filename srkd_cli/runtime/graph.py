@@ -42,7 +42,7 @@ def trace_example(model: nn.Module, batch: int = 1) -> torch.Tensor:
 
 def graph_metadata(model: nn.Module, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """What a graph records: scale, window, what the model says of its own output
-    (`export_metadata`, e.g. `archs.fuse.Subpixel`), and `meta`."""
+    (`export_metadata`, e.g. `archs.squeezesr_fused.Subpixel`), and `meta`."""
     return {"scale": int(model.scale), "window": window(model), **getattr(model, "export_metadata", {}), **(meta or {})}
 
 

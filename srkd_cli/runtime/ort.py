@@ -74,7 +74,7 @@ class OnnxModel:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise CheckpointError(f"{self.path or 'ONNX model'}: expected one (N,3,H,W) input, got {[i.shape for i in inputs]}")
         self._input = inputs[0].name
-        # A graph that stops before its pixel shuffle (archs.fuse.Subpixel) says so in its metadata,
+        # A graph that stops before its pixel shuffle (archs.squeezesr_fused.Subpixel) says so in its metadata,
         # and whether its tail computes column pairs (shuffle.unpair_columns).
         self.subpixel_output = bool(self.metadata.get("subpixel"))
         self.column_pairs = int(self.metadata.get("column_pairs", 1))

@@ -1,6 +1,6 @@
 """Pixel-shuffle copies: a sub-pixel output (N, c*s*s, h, w) written into its image in one pass.
 
-Also for the column-paired layout of `archs.fuse._paired_conv` (two neighbouring columns per
+Also for the column-paired layout of `archs.squeezesr_fused._paired_conv` (two neighbouring columns per
 output pixel, channels ordered colour, sub-row, p, sub-column), which a runtime that copies the
 result into place anyway can undo while it copies (`tiles.HaloTiles`, `ort.OnnxModel`).
 """
