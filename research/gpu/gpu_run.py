@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_plan, gpu_state beside it
 
 from srkd_cli.errors import SrkdError  # noqa: E402
+from srkd_cli.runtime.signals import StopFlag  # noqa: E402
 import gpu_plan as gp  # noqa: E402
 import gpu_state as gs  # noqa: E402
 
@@ -392,7 +393,8 @@ class Run:
         self.plan: List[gp.StageSpec] = list(args.stages)
         self.specs = {s.name: s for s in self.plan}
         self.shares: Dict[str, float] = args.share_map
-        self.stop_signal: Optional[int] = None
+        # SIGINT/SIGTERM: stop after the current step (the trainer's own StopFlag takes over while it trains)
+        self.stopper = StopFlag(lambda s: print(f"{self.clock()} signal {s}: stopping after the current step", flush=True))
         self.summary: Dict[str, Any] = {}
         self.elapsed_before = 0.0
         self.call_end = self.t0 + args.call_minutes * 60.0
@@ -509,25 +511,25 @@ class Run:
 
         return atomic_write(half, lambda tmp: tmp.write_bytes(data))
 
-    # -- signals: the trainer installs its own while it trains and restores these afterwards
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stop_signal = signum
-        print(f"{self.clock()} signal {signum}: stopping after the current step", flush=True)
+    @property
+    def stop_signal(self) -> Optional[int]:
+        return self.stopper.signal
+
+    @stop_signal.setter
+    def stop_signal(self, signum: Optional[int]) -> None:
+        self.stopper.signal = signum
 
     # -- main
     def main(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self._start_or_resume()
-        try:
-            return self._main()
-        finally:
-            if self.summary:
-                self.checkpoint()  # whatever happened, the summary and the resume pack on disk are the latest
+        with self.stopper:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.work.mkdir(parents=True, exist_ok=True)
+            self._start_or_resume()
+            try:
+                return self._main()
+            finally:
+                if self.summary:
+                    self.checkpoint()  # whatever happened, the summary and the resume pack on disk are the latest
 
     def _main(self) -> int:
         import torch

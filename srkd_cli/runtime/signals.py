@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -54,10 +54,13 @@ def as_interrupts() -> Iterator[None]:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag the loop reads; the old handlers come back afterwards."""
+    """SIGINT/SIGTERM set a flag the loop reads (a second Ctrl-C interrupts at once); the old
+    handlers come back afterwards. `notify(signum)` is called when one arrives (e.g. to log it).
+    The training loop and research/gpu/gpu_run.py both stop this way."""
 
-    def __init__(self) -> None:
+    def __init__(self, notify: Optional[Callable[[int], None]] = None) -> None:
         self.signal: Optional[int] = None
+        self._notify = notify
         self._old: Dict[int, Any] = {}
 
     def __enter__(self) -> "StopFlag":
@@ -70,6 +73,8 @@ class StopFlag:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C does not wait for the checkpoint
         self.signal = signum
+        if self._notify is not None:
+            self._notify(signum)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
