@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so `import srkd_cli` stays cheap):
 `build_model`, `list_archs`, `load_model`, `load_checkpoint`, `save_checkpoint`,
-`Upscaler`, `evaluate_folder`, `load_pairs`, `get_zoo`, `read_image`, `write_image`, `imresize`.
+`Upscaler`, `build_upscaler` (the Upscaler `srkd upscale` runs), `evaluate_folder`, `load_pairs`, `get_zoo`, `read_image`, `write_image`, `imresize`.
 """
 
 from importlib import import_module
@@ -17,6 +17,7 @@ _API = {
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "Upscaler": "inference",
+    "build_upscaler": "backends",
     "evaluate_folder": "evaluate",
     "load_pairs": "evaluate",
     "get_zoo": "zoo",

@@ -287,6 +287,35 @@ def prepare(model: nn.Module, backend: str = "torch", device: Union[str, torch.d
     return BACKENDS[backend].build(model, torch.device(device), example, threads, precision, say)
 
 
+
+def build_runner(model: nn.Module, backend: str, precision: str, dev: torch.device, threads: Optional[int] = None,
+                 say: Optional[Callable[[str], None]] = None) -> Tuple[Any, str, str]:
+    """(runner, backend label, precision for the Upscaler) for `--backend`/`--precision`, as
+    `srkd upscale` runs them. A precision the backend's own graph runs (int8) is the runner's
+    business: the Upscaler then runs float32 around it."""
+    if check_backend(backend, upscale=True) == "auto":
+        backend = pick_backend(model, dev, precision, note=say or (lambda msg: None))
+    runner = prepare(model, backend, dev, threads=threads, precision=precision, say=say)
+    if precision in PRECISIONS:
+        return runner, backend, precision
+    return runner, f"{backend} {precision}", "fp32"
+
+
+def build_upscaler(lm: Any, backend: str = "auto", precision: str = "fp32", dev: Union[str, torch.device] = "cpu",
+                   threads: Optional[int] = None, tile: Any = "auto", overlap: Optional[int] = 32, tta: bool = False,
+                   say: Optional[Callable[[str], None]] = None) -> Tuple[Any, str]:
+    """(the Upscaler, the backend label) that `srkd upscale` runs for a loaded model (`load_model`)
+    and these options; `srkd eval` scores the same, and so can any caller of the API."""
+    from .inference import Upscaler
+    from .runtime.allocator import tune_cpu_allocator
+
+    dev = torch.device(dev)
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # glibc reuses freed memory: the runners then measured faster (see optimize)
+    runner, label, upscaler_precision = build_runner(lm.model, backend, precision, dev, threads, say)
+    return Upscaler(runner, lm.spec, lm.config, dev, upscaler_precision, tile, overlap, tta), label
+
+
 __all__ = ["AUTO_CPU", "BACKENDS", "Backend", "DEVICES", "FALLBACK_NOTE", "PRECISION_CHOICES", "Precision",
-           "backend_choices", "backend_help", "check_backend", "check_precision", "get_backend", "incompatibility",
+           "backend_choices", "backend_help", "build_runner", "build_upscaler", "check_backend", "check_precision", "get_backend", "incompatibility",
            "onnx_runner", "optimize", "pick_backend", "prepare"]

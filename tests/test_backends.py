@@ -131,3 +131,16 @@ def test_eval_scores_what_upscale_writes(backend, precision, run_cli, set5, tmp_
     assert written["model"] == "sr:sr"
     for key in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"):
         assert ran[key] == written[key], key  # the same pixels, not merely close ones
+
+
+def test_build_upscaler_is_the_public_way_to_what_srkd_upscale_runs():
+    """The API's `build_upscaler` (backends.py, exported from srkd_cli) picks the backend as
+    `srkd upscale` does, and its output agrees with eager torch within the backend's tolerance."""
+    import srkd_cli
+
+    lm = srkd_cli.load_model("repsr-x2", device="cpu")
+    up, label = srkd_cli.build_upscaler(lm)
+    ref, torch_label = srkd_cli.build_upscaler(lm, backend="torch")
+    assert torch_label == "torch" and label in ("onnxruntime", "torch-opt")
+    x = torch.rand(1, 3, 24, 20)
+    assert (up(x) - ref(x)).abs().max().item() < 1e-3

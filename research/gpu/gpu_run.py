@@ -978,12 +978,12 @@ class Run:
 
 def score(weights: Path, folders: Sequence[Path], device: Any, cache: Dict[Any, Any]) -> Dict[str, Dict[str, Any]]:
     """The evaluation protocol's PSNR/SSIM (Y and RGB) of one weights file on each folder."""
+    from srkd_cli.backends import build_upscaler
     from srkd_cli.checkpoint import load_checkpoint
     from srkd_cli.evaluate import evaluate_folder, load_pairs
-    from srkd_cli.inference import Upscaler
 
     lm = load_checkpoint(weights, device=device)
-    up = Upscaler(lm.model, lm.spec, lm.config, device, tile="auto")
+    up, _ = build_upscaler(lm, "auto", "fp32", device)  # what `srkd eval` / `srkd upscale` run by default
     out = {}
     for folder in folders:
         key = (str(folder), lm.scale)

@@ -9,6 +9,13 @@ console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
 
 
+def note(msg: str) -> None:
+    """A `note:` line on stderr (file names and values escaped)."""
+    from rich.markup import escape
+
+    err_console.print(f"note: {escape(printable(msg))}", highlight=False, soft_wrap=True)
+
+
 def table_console() -> Console:
     """Where result tables go: a terminal at its own width; logs and pipes (CI) get whole tables."""
     return console if console.is_terminal else Console(width=200)

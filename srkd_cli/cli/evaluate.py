@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..atomic import check_report, write_report
-from ..backends import backend_help
+from ..backends import backend_help, build_upscaler
 from ..config import check_scale
 from ..errors import ConfigError, OutputError
 from ..evaluate import EvalRecord, as_read, bicubic_upscaler, evaluate_folder, hr_folder, load_pairs
@@ -18,8 +18,7 @@ from ..imaging.io import list_images
 from ..inference import pick_device
 from ..loader import load_model
 from . import app
-from .console import table_console
-from .upscale import _note, make_upscaler
+from .console import note, table_console
 
 
 def records_table(records: List[EvalRecord], title: str) -> Table:
@@ -57,7 +56,7 @@ def eval_(
 
     def upscaler(lm):
         # Exactly what `srkd upscale` runs with the same --backend/--precision/--device, on its input.
-        up, _ = make_upscaler(lm, backend, precision, dev, say=_note)
+        up, _ = build_upscaler(lm, backend, precision, dev, say=note)
         return lambda lr: up(as_read(lr))
 
     suffix = "" if precision == "fp32" else f" ({precision})"

@@ -22,20 +22,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..atomic import check_report, remove_stale_temps, write_report
-from ..backends import backend_help, check_backend, pick_backend, prepare
+from ..backends import backend_help, build_upscaler
 from ..checkpoint import LoadedModel
 from ..config import DEFAULT_MODELS, SCALES, or_list, parse_settings
 from ..distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
 from ..errors import ConfigError, ModelNotFoundError, OutputError, SrkdError
 from ..imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION
-from ..inference import PRECISIONS, TileSpec, Upscaler, pick_device
+from ..inference import pick_device
 from ..loader import load_model
-from ..runtime.allocator import tune_cpu_allocator
 from ..runtime.signals import Terminated, as_interrupts
 from ..upscale import (ALPHA_MODES, STDOUT, FileResult, Inputs, Job, OutputOptions, check_suffix, collect_inputs,
                        output_format, output_kind, plan_jobs, run_jobs)
 from . import app
-from .console import console, err_console, printable
+from .console import console, err_console, note, printable
 
 
 def parse_tile(tile: str):
@@ -67,33 +66,6 @@ def parse_scale(text: Optional[str]) -> Tuple[Optional[int], Optional[float]]:
     if not 1 < value < max(SCALES):
         raise ConfigError(f"--scale {text}: a fractional scale must lie between 1 and {max(SCALES)}")
     return max(min(SCALES), math.ceil(value)), value
-
-
-def _note(msg: str) -> None:
-    err_console.print(f"note: {escape(printable(msg))}", highlight=False, soft_wrap=True)
-
-
-def make_runner(model, backend: str, precision: str, dev: torch.device, threads: Optional[int] = None,
-                say: Optional[Callable[[str], None]] = None) -> Tuple[Any, str, str]:
-    """(runner, backend label, precision for the Upscaler) for `--backend`/`--precision`, as
-    `srkd upscale` runs them. A precision the backend's own graph runs (int8) is the runner's
-    business: the Upscaler then runs float32 around it."""
-    if check_backend(backend, upscale=True) == "auto":
-        backend = pick_backend(model, dev, precision, note=say or (lambda msg: None))
-    runner = prepare(model, backend, dev, threads=threads, precision=precision, say=say)
-    if precision in PRECISIONS:
-        return runner, backend, precision
-    return runner, f"{backend} {precision}", "fp32"
-
-
-def make_upscaler(lm: LoadedModel, backend: str, precision: str, dev: torch.device, threads: Optional[int] = None,
-                  tile: TileSpec = "auto", overlap: Optional[int] = 32, tta: bool = False,
-                  say: Optional[Callable[[str], None]] = None) -> Tuple[Upscaler, str]:
-    """(the Upscaler, the backend label) `srkd upscale` runs for these options; `srkd eval` scores the same."""
-    if dev.type == "cpu":
-        tune_cpu_allocator()  # glibc reuses freed memory: the runners then measured faster (see optimize)
-    runner, label, upscaler_precision = make_runner(lm.model, backend, precision, dev, threads, say)
-    return Upscaler(runner, lm.spec, lm.config, dev, upscaler_precision, tile, overlap, tta), label
 
 
 def _on_main(env: DistEnv, work: Callable[[], Any]) -> Any:
@@ -310,8 +282,8 @@ def _upscale_all(env: DistEnv, tally: Tally, inputs, stdin_file: Optional[Path],
     if not quiet and env.is_main:
         for msg in lm.notes:  # what the file could not tell (a Compact model's activation)
             err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    say = None if (quiet or not env.is_main) else _note
-    upscaler, backend = make_upscaler(lm, backend, precision, dev, threads, parse_tile(tile), tile_overlap, tta, say=say)
+    say = None if (quiet or not env.is_main) else note
+    upscaler, backend = build_upscaler(lm, backend, precision, dev, threads, parse_tile(tile), tile_overlap, tta, say=say)
 
     def plan() -> Tuple[List[Job], List[FileResult], List[FileResult], Inputs]:
         folder = opts.output if output_kind(opts.output) == "folder" else None
