@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -49,7 +49,7 @@ from .schedule import EMA, lr_at
 from .state import STATE_FILE, RunState
 from .recipes import (AlphaKD, Recipe, WithFeatures, check_pair, get_pairing, init_from_teacher, init_from_weights,
                       make_distill_recipe)
-from .teacher_cache import HaloTeacher, TeacherCache, fill_precision, halo_margin, parse_mode
+from .teacher_cache import HaloTeacher, TeacherCache, fill_precision, halo_margin, parse_mode, teacher_autocast
 
 LOG_FILE = "log.jsonl"
 BEST_FILE = "best.safetensors"
@@ -323,7 +323,7 @@ class Trainer(RunState):
         cached = self.teacher_cache.targets(self.sampler.last_params) if self.teacher_cache else None
         if self.channels_last:
             lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
+        amp = teacher_autocast(self.device, self.precision)  # the one bf16-autocast switch
         with amp:
             total, parts = self.recipe(self.net, lr_img, hr, cached)
         self.optimizer.zero_grad(set_to_none=True)
