@@ -1,4 +1,4 @@
-"""Adding an architecture is one registry entry: a throwaway one, registered here, goes through
+"""Adding an architecture is one `register` call: a throwaway one, registered here, goes through
 load, upscale, train and distill without any other module knowing its name."""
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ class Tiny(SRModel):
 
 @pytest.fixture
 def tiny(monkeypatch):
-    spec = ArchSpec(name="tiny", cls=Tiny, defaults={"width": 6}, detect=lambda sd: None,
-                    description="a throwaway test architecture", feature_names=lambda cfg: ("F1",),
-                    bytes_per_pixel=lambda cfg, s: 4 * (cfg["width"] + 6 * s * s))
-    monkeypatch.setitem(archs.ARCHS, "tiny", spec)
+    spec = archs.register(ArchSpec(name="tiny", cls=Tiny, defaults={"width": 6}, detect=lambda sd: None,
+                                   description="a throwaway test architecture", feature_names=lambda cfg: ("F1",),
+                                   bytes_per_pixel=lambda cfg, s: 4 * (cfg["width"] + 6 * s * s)))
     monkeypatch.setitem(recipes.PAIRINGS, ("tiny", "tiny"), recipes.Pairing(
         "feature", lambda t: {"width": t["width"]}, lambda s, t: [("F1", "F1")], "test pairing"))
-    return spec
+    try:
+        yield spec
+    finally:
+        archs.unregister(spec.name)  # registered for this test only
 
 
 def test_a_new_architecture_needs_only_its_registry_entry(tiny, tmp_path, run_cli):

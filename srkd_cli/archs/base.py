@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -19,6 +19,12 @@ class SRModel(nn.Module):
 
     scale: int
     feature_names: Tuple[str, ...] = ()
+
+    @classmethod
+    def feature_names_for(cls, **config: Any) -> Tuple[str, ...]:
+        """The features a model built with `config` names (`ArchSpec.feature_names`): the class's
+        own here; classes whose names depend on the configuration say how, and use it themselves."""
+        return cls.feature_names
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x, ())[0]
@@ -43,6 +49,10 @@ class ResidualBodySR(SRModel):
     """
 
     feature_prefix = ""
+
+    @classmethod
+    def feature_names_for(cls, blocks: int, **_: Any) -> Tuple[str, ...]:
+        return tuple(f"{cls.feature_prefix}{i + 1}" for i in range(blocks))
 
     def _init_mean(self) -> None:
         self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)

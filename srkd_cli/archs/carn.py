@@ -18,13 +18,16 @@ LR size), paired with SqueezeSR's `S1..S3`.
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from . import ArchSpec, register
 from .base import RGB_MEAN, SRModel
+from .options import OptionError, whole
+from .statedict import StateDict, known, size_of
 
 GROUPS = 4
 
@@ -151,3 +154,35 @@ def canonicalize(sd: Mapping[str, torch.Tensor], scale: Optional[int]) -> Dict[s
         elif int(m.group(1)) == scale:
             out[f"upsample.up.{m.group(2)}"] = v
     return out
+
+
+def detect(sd: StateDict):
+    """(config, scale) of a CARN-M state dict, or None; the scale is None for the multi-scale release."""
+    if "entry.weight" not in sd or "b1.b1.body.0.weight" not in sd or "exit.weight" not in sd:
+        return None
+    n, per_group = size_of(sd, "entry.weight"), size_of(sd, "b1.b1.body.0.weight", 1)
+    cfg = known(n_feats=n, groups=n // per_group if n and per_group else None)
+    if "upsample.up.body.0.weight" not in sd:
+        return (cfg, None) if any(k.startswith("upsample.up2.") for k in sd) else None
+    first = size_of(sd, "upsample.up.body.0.weight")
+    scale = 3 if n and first == 9 * n else (4 if "upsample.up.body.3.weight" in sd else 2)
+    return cfg, scale
+
+
+def check(cfg: Dict[str, Any]) -> None:
+    n, groups = whole(cfg, "n_feats"), whole(cfg, "groups")
+    if n % groups:
+        raise OptionError("groups", groups, f"a divisor of n_feats ({n})")
+
+
+SPEC = register(ArchSpec(
+    name="carn-m",
+    cls=CARNM,
+    defaults=dict(n_feats=64, groups=4),
+    detect=detect,
+    validate=check,
+    description="CARN-M (Ahn et al. 2018), official weights: a mobile teacher, one file for x2/x3/x4",
+    # the cascades keep up to four concatenated copies of the features
+    bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 14 + 7 * 12 * s * s,
+    canonicalize=canonicalize,
+))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import ArchSpec, register
 from .base import ResidualBodySR, pixel_shuffle_upsampler
+from .statedict import StateDict, count, known, size_of
 
 
 class ResidualModule(nn.Module):
@@ -39,9 +41,39 @@ class EDSRT(ResidualBodySR):
     def __init__(self, scale: int = 2, n_feats: int = 64, blocks: int = 3, modules_per_block: int = 9, res_scale: float = 0.1):
         super().__init__()
         self.scale = scale
-        self.feature_names = tuple(f"T{i + 1}" for i in range(blocks))
+        self.feature_names = self.feature_names_for(blocks)
         self._init_mean()
         self.head = nn.Conv2d(3, n_feats, 3, padding=1)
         self.body = nn.ModuleList(ResidualBlock(n_feats, modules_per_block, res_scale) for _ in range(blocks))
         self.body_conv = nn.Conv2d(n_feats, n_feats, 3, padding=1)
         self.tail = pixel_shuffle_upsampler(n_feats, scale, 3)
+
+
+def detect(sd: StateDict):
+    """(config, scale) of an EDSR-T state dict, or None."""
+    if "head.weight" not in sd or "body_conv.weight" not in sd or "body.0.body.0.body.0.weight" not in sd:
+        return None
+    nf = size_of(sd, "head.weight")
+    cfg = known(
+        n_feats=nf,
+        blocks=count(sd, r"body\.(\d+)\."),
+        modules_per_block=count(sd, r"body\.0\.body\.(\d+)\."),
+    )
+    first, scale = size_of(sd, "tail.0.weight"), None
+    if first is not None and nf and first == 9 * nf:
+        scale = 3
+    elif first is not None and nf and first == 4 * nf:
+        scale = 4 if size_of(sd, "tail.2.weight") == 4 * nf else 2
+    return cfg, scale
+
+
+SPEC = register(ArchSpec(
+    name="edsr-t",
+    aliases=("edsrt", "edsr"),
+    cls=EDSRT,
+    defaults=dict(n_feats=64, blocks=3, modules_per_block=9, res_scale=0.1),
+    detect=detect,
+    description="EDSR-T teacher (paper 1): 3 residual blocks x 9 residual modules",
+    # at x4 the upsampler's wide convolutions at twice the input size dominate
+    bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (10 + 3 * s * s) + 3 * 12 * s * s,
+))

@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from . import ArchSpec, register
 from .base import SRModel
+from .options import OptionError, whole
 
 SLOPE = 0.2  # every LeakyReLU of ESRGAN
 RES_SCALE = 0.2  # the residual scaling of dense blocks and RRDBs
@@ -92,7 +94,7 @@ def upsample_stages(scale: int, unshuffle: int) -> int:
 
 class RRDBNet(SRModel):
     @staticmethod
-    def feature_names_for(blocks: int) -> Tuple[str, ...]:
+    def feature_names_for(blocks: int, **_: Any) -> Tuple[str, ...]:
         return tuple(f"T{j + 1}" for j in range(min(3, blocks))) + tuple(f"B{i + 1}" for i in range(blocks))
 
     def __init__(self, scale: int = 4, n_feats: int = 64, blocks: int = 23, growth: int = 32, unshuffle: int = 1):
@@ -179,6 +181,11 @@ LAYOUT_NAMES = {
 }
 
 
+def layout_name(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """`sd`'s key layout in words (`ArchSpec.layout`), or None."""
+    return LAYOUT_NAMES.get(layout(sd) or "")
+
+
 def canonicalize(sd: Mapping[str, torch.Tensor], scale: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """`sd` in BasicSR's names, whichever of the known layouts it is in (unknown keys pass through,
     for the loader to report)."""
@@ -243,3 +250,38 @@ def detect(sd: Mapping[str, torch.Tensor]):
         raise CheckpointError(f"looks like esrgan (RRDBNet) but has {stages} upsampling conv(s) (conv_up*) "
                               f"after an unshuffle by {u}: no integer scale")
     return cfg, 2 ** stages // u
+
+
+def check(cfg: Dict[str, Any]) -> None:
+    if whole(cfg, "unshuffle") not in (1, 2, 4):
+        raise OptionError("unshuffle", cfg["unshuffle"], "1, 2 or 4 (Real-ESRGAN's pixel-unshuffle input)")
+
+
+def bytes_per_pixel(cfg: Dict[str, Any], s: int) -> int:
+    """RRDBNet's peak float32 bytes per input pixel: the dense blocks' concatenations at the
+    unshuffled size, then the nearest x2 stages, whose maps at the output size dominate.
+
+    Measured with scripts/arch_memory.py (peak-RSS rise of one forward pass on a 128x128 input in a
+    fresh process, one thread, CPU): 64 features / 23 blocks / growth 32: x4 23.0k B, x2 (unshuffle 2)
+    3.9k; 32 / 2 / 16 (the fixture): x4 7.7k, x2 1.9k. This estimate: 25.0k, 4.2k, 12.6k, 2.1k."""
+    n, g, u = cfg["n_feats"], cfg["growth"], cfg["unshuffle"]
+    return int(4 * ((5 * n + 8 * g) / (u * u) + (s + 1.5) * n * s * s) + 12 * s * s)
+
+
+SPEC = register(ArchSpec(
+    name="esrgan",
+    cls=RRDBNet,
+    defaults=dict(n_feats=64, blocks=23, growth=32, unshuffle=1),
+    detect=detect,
+    validate=check,
+    description="ESRGAN / Real-ESRGAN RRDBNet (Wang et al. 2018/2021): most community upscaling models; "
+                "BasicSR and original ESRGAN key layouts, x2 pixel-unshuffle input",
+    bytes_per_pixel=bytes_per_pixel,
+    canonicalize=canonicalize,
+    # tiles start on the unshuffle grid, so a tile unshuffles as the whole image does
+    window_multiple=lambda cfg: int(cfg["unshuffle"]),
+    receptive_field=receptive_field,
+    layout=layout_name,
+    # as a teacher, 64/23/32 ran 2.5x faster under bf16 autocast (AMX, one thread), 46 dB from fp32
+    cpu_bf16_fill=True,
+))

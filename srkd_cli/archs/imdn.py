@@ -15,12 +15,15 @@ LR size), paired with SqueezeSR's `S1..S3` by paper 1's recipe; `B1..B6` name ev
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
 
+from . import ArchSpec, register
 from .base import SRModel
+from .options import whole
+from .statedict import StateDict, count, known, scale_from_channels, size_of
 
 NEG_SLOPE = 0.05  # the official LeakyReLU slope
 
@@ -72,7 +75,7 @@ class IMDBlock(nn.Module):
 
 class IMDN(SRModel):
     @staticmethod
-    def feature_names_for(blocks: int) -> Tuple[str, ...]:
+    def feature_names_for(blocks: int, **_: Any) -> Tuple[str, ...]:
         # T_j is block 2j's output: six blocks give the three features paper 1 pairs with S1..S3.
         return tuple(f"T{j + 1}" for j in range(blocks // 2)) + tuple(f"B{i + 1}" for i in range(blocks))
 
@@ -101,3 +104,28 @@ class IMDN(SRModel):
             feats[name] = outs[2 * j - 1] if name[0] == "T" else outs[j - 1]
         body = self.LR_conv(self.c(torch.cat(outs, dim=1))) + head
         return self.upsampler(body), feats
+
+
+def detect(sd: StateDict):
+    """(config, scale) of an IMDN state dict, or None."""
+    if "fea_conv.weight" not in sd or "IMDB1.c1.weight" not in sd or "upsampler.0.weight" not in sd:
+        return None
+    cfg = known(n_feats=size_of(sd, "fea_conv.weight"), blocks=count(sd, r"IMDB(\d+)\."))
+    return cfg, scale_from_channels(size_of(sd, "upsampler.0.weight"))
+
+
+def check_attention_width(cfg: Dict[str, Any]) -> None:
+    # IMDN's and BSRN's channel attention squeeze their features 16 times (IMDN: its 4 quarters)
+    whole(cfg, "n_feats", least=16)
+
+
+SPEC = register(ArchSpec(
+    name="imdn",
+    cls=IMDN,
+    defaults=dict(n_feats=64, blocks=6),
+    detect=detect,
+    validate=check_attention_width,
+    description="IMDN (Hui et al. 2019), official weights: a lightweight teacher a CPU can run",
+    # every block's output is kept for the final fusion, then concatenated once more
+    bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * (2 * cfg["blocks"] + 6) + 7 * 12 * s * s,
+))

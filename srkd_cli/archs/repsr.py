@@ -22,16 +22,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from . import ArchSpec, register
 from .base import NearestSubpixel, SRModel
+from .options import whole
+from .statedict import StateDict, count, scale_from_channels, size_of
 
 
 class RepSR(SRModel):
+    feature_names = ("S1", "S2", "S3")
+
     def __init__(self, scale: int = 2, n_feats: int = 16, layers: int = 9):
         if n_feats < 1 or layers < 3:
             raise ConfigError(f"repsr: needs n_feats >= 1 and layers >= 3 (got n_feats={n_feats}, layers={layers})")
         super().__init__()
         self.scale = scale
-        self.feature_names = ("S1", "S2", "S3")
         self._taps = {layers // 3: "S1", 2 * layers // 3: "S2", layers: "S3"}
         self.head = nn.Conv2d(3, n_feats, 5, padding=2)
         self.body = nn.ModuleList(nn.Conv2d(n_feats, n_feats, 3, padding=1) for _ in range(layers))
@@ -69,3 +73,39 @@ RepSRSubpixel = NearestSubpixel  # the int8 form (archs/base.py)
 def int8_form(model: RepSR, crops: Sequence[np.ndarray], recipe: Dict[str, Any]) -> nn.Module:
     """What quantize.py quantises (`ArchSpec.int8`); the calibration crops and recipe are not needed."""
     return RepSRSubpixel(model)
+
+
+def receptive_radius(model: RepSR) -> int:
+    """5x5 head and tail, one pixel per 3x3 layer (`ArchSpec.receptive_radius`)."""
+    return len(model.body) + 4
+
+
+def detect(sd: StateDict):
+    """(config, scale) of a RepSR state dict, or None."""
+    head, tail = size_of(sd, "head.weight"), size_of(sd, "tail.weight")
+    if head is None or tail is None or size_of(sd, "body.0.weight", 3) != 3 or size_of(sd, "head.weight", 3) != 5:
+        return None
+    return dict(n_feats=head, layers=count(sd, r"body\.(\d+)\.")), scale_from_channels(tail)
+
+
+def check(cfg: Dict[str, Any]) -> None:
+    whole(cfg, "layers", least=3)  # S1..S3 tap a third, two thirds and the end of the stack
+
+
+SPEC = register(ArchSpec(
+    name="repsr",
+    cls=RepSR,
+    defaults=dict(n_feats=16, layers=9),
+    detect=detect,
+    validate=check,
+    description="RepSR (srkd): a plain 3x3-conv student trained re-parameterised (--reparam), SESR-style",
+    caveat="repsr is srkd's own plain network and weights, not the published RepSR (Wang et al., "
+           "ACM MM 2022) nor its weights (docs/zoo.md)",
+    # two feature maps live at once, plus the s*s*3 sub-pixel output and its input copy
+    bytes_per_pixel=lambda cfg, s: 4 * cfg["n_feats"] * 4 + 2 * 12 * s * s,
+    train_defaults={"patch": 48, "lr": 1e-3},
+    # exact pieces pay, so auto runs onnxruntime
+    receptive_radius=receptive_radius,
+    int8=int8_form,
+    expandable=True,
+))

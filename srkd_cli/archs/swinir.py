@@ -20,14 +20,18 @@ instead of roll + partition + reverse + roll (same values, fewer copies).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import ArchSpec, register
 from .base import RGB_MEAN, SRModel
+from .options import OptionError, number, whole
+from .statedict import StateDict, count, known, scale_from_channels, size_of
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -275,3 +279,48 @@ class SwinIR(SRModel):
         out = self.upsample(self.conv_after_body(t) + f0)
         out = out / self.img_range + mean
         return out[:, :, : h * self.scale, : w * self.scale], feats
+
+
+def detect(sd: StateDict):
+    """(config, scale) of a SwinIR-light state dict, or None."""
+    if "conv_first.weight" not in sd or "layers.0.residual_group.blocks.0.attn.qkv.weight" not in sd:
+        return None
+    if "upsample.0.weight" not in sd or "conv_before_upsample.0.weight" in sd:
+        return None  # classical/real-world SwinIR upsamplers are not the lightweight model
+    width = size_of(sd, "conv_first.weight")
+    table = "layers.0.residual_group.blocks.0.attn.relative_position_bias_table"
+    rows, hidden = size_of(sd, table), size_of(sd, "layers.0.residual_group.blocks.0.mlp.fc1.weight")
+    cfg = known(
+        blocks=count(sd, r"layers\.(\d+)\."),
+        embed_dim=width,
+        depth=count(sd, r"layers\.0\.residual_group\.blocks\.(\d+)\.") or None,
+        num_heads=size_of(sd, table, 1),
+        window_size=None if rows is None else (math.isqrt(rows) + 1) // 2,
+        mlp_ratio=None if hidden is None or not width else hidden / width,
+    )
+    return cfg, scale_from_channels(size_of(sd, "upsample.0.weight"))
+
+
+def check(cfg: Dict[str, Any]) -> None:
+    width, heads = whole(cfg, "embed_dim"), whole(cfg, "num_heads")
+    if width % heads:
+        raise OptionError("num_heads", heads, f"a divisor of embed_dim ({width})")
+    if int(width * number(cfg, "mlp_ratio")) < 1:  # the MLP's hidden width
+        raise OptionError("mlp_ratio", cfg["mlp_ratio"], f"a number >= 1/embed_dim ({1 / width:.3g})")
+
+
+SPEC = register(ArchSpec(
+    name="swinir",
+    cls=SwinIR,
+    defaults=dict(blocks=4, embed_dim=60, depth=6, num_heads=6, window_size=8, mlp_ratio=2.0, img_range=1.0),
+    detect=detect,
+    validate=check,
+    description="SwinIR-light (paper 2): 4 RSTBs as teacher, 1-3 RSTBs as students",
+    # the attention scores of every window dominate
+    bytes_per_pixel=lambda cfg, s: 4 * (24 * cfg["embed_dim"] + 7 * cfg["num_heads"] * cfg["window_size"] ** 2)
+    + 10 * 12 * s * s,
+    train_defaults={"patch": 64, "lr": 2e-4},  # paper 2 and SwinIR
+    supports_half=False,
+    channels_last=False,
+    window_multiple=lambda cfg: int(cfg["window_size"]),
+))

@@ -89,15 +89,10 @@ def teacher_identity(teacher: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-# Teachers whose forward measured faster under bf16 autocast on a CPU with bf16 matrix units (AMX),
-# one thread, at a cost far below a student's error (docs/training.md, "The teacher cache at user
-# scale"): Compact 64x16 1.7x (65 dB from fp32), ESRGAN 64/23/32 2.5x (46 dB). BSRN ran 1.8x slower.
-CPU_BF16_FILL = frozenset({"compact", "esrgan"})
-
-
 def fill_precision(asked: str, device: torch.device, teacher: torch.nn.Module) -> str:
     """The precision the teacher runs in to fill the cache (or per patch, halo): `--precision` fp32 or
-    bf16 as asked; auto: bf16 on CUDA, on a CPU only with bf16 units and a teacher in CPU_BF16_FILL."""
+    bf16 as asked; auto: bf16 on CUDA, on a CPU only with bf16 units and a teacher measured faster
+    there (`ArchSpec.cpu_bf16_fill`)."""
     if asked == "fp32" or device.type not in ("cpu", "cuda"):
         return "fp32"
     if asked == "bf16" or device.type == "cuda":
@@ -106,7 +101,7 @@ def fill_precision(asked: str, device: torch.device, teacher: torch.nn.Module) -
     from ..runtime.cpu import cpu_bf16_units
 
     spec = spec_for(teacher)
-    return "bf16" if cpu_bf16_units() and spec is not None and spec.name in CPU_BF16_FILL else "fp32"
+    return "bf16" if cpu_bf16_units() and spec is not None and spec.cpu_bf16_fill else "fp32"
 
 
 def teacher_autocast(device: torch.device, precision: str):
