@@ -53,6 +53,16 @@ def _srkd(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Super-resolution with knowledge-distilled models: upscale, evaluate, train, distill."""
 
 
+# The arguments of the invocation being run (`main(argv)` in-process, else sys.argv): what a
+# training run records as its command.
+_ARGS: List[str] = []
+
+
+def invoked_args() -> List[str]:
+    """The arguments `srkd` was given in this invocation (without --debug)."""
+    return list(_ARGS)
+
+
 # Registration order is the order `srkd --help` lists them in.
 from . import upscale as _upscale  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
@@ -148,6 +158,7 @@ def _main(argv: Optional[List[str]], out: _WatchedStdout) -> int:
     if "--debug" in args:
         args.remove("--debug")
         debug = True
+    _ARGS[:] = args
     try:
         rv = _command()(args=args, prog_name="srkd", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

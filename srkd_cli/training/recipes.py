@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..archs import SRModel
-from ..config import a_or_an
+from ..config import a_or_an, or_list
 from ..errors import ConfigError
 from .losses import DISTANCES, alpha_kd_loss, feature_kd_loss, pixel_loss
 
@@ -243,6 +243,20 @@ def get_pairing(student_arch: str, teacher_arch: str) -> Pairing:
         known = "; ".join(f"--student {s} from {'any other' if t == ANY_TEACHER else a_or_an(t)} teacher" for s, t in PAIRINGS)
         raise ConfigError(f"--student {student_arch} does not fit {a_or_an(teacher_arch)} teacher: srkd distils {known}")
     return pairing
+
+
+def pairings_help() -> str:
+    """--student's help, from PAIRINGS, so it lists every pair."""
+    ways: Dict[str, Dict[str, List[str]]] = {}  # student -> recipe -> teachers
+    for (student, teacher), pairing in PAIRINGS.items():
+        if student == ANY_STUDENT:
+            continue  # said once, below
+        how = ("paper 2's recipe" if pairing.recipe == "alpha" else "its output alone, --out-weight"
+               if teacher == ANY_TEACHER else "paper 1's recipe")
+        ways.setdefault(student, {}).setdefault(how, []).append("any other" if teacher == ANY_TEACHER else teacher)
+    return "Student architecture: " + "; ".join(
+        f"{student} from " + " or ".join(f"{or_list(teachers)} ({how})" for how, teachers in by.items())
+        for student, by in ways.items()) + "; any other pair: output KD (any teacher srkd loads)."
 
 
 def check_pair(student_arch: str, teacher_arch: str) -> None:

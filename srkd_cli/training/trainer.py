@@ -58,6 +58,16 @@ HELD_OUT = "held-out"  # the --val-split slice's name in logs and validation rec
 ADAM_BETAS = (0.9, 0.99)
 
 
+@contextmanager
+def _naming_option(flag: str, name: str) -> Iterator[None]:
+    """An SrkdError about the model `name` begins with the option that gave it (--teacher, --init)."""
+    try:
+        yield
+    except SrkdError as e:
+        msg = str(e)
+        raise type(e)(f"{flag} {msg}" if msg.startswith(name) else f"{flag} {name}: {msg}") from None
+
+
 def resolve_device(name: str, env: DistEnv) -> torch.device:
     """The device named on the command line (`auto`: cuda, mps, cpu), one per torchrun rank."""
     return rank_device(env, pick_device(name))
@@ -150,15 +160,11 @@ class Trainer(RunState):
         self.init_sha256: Optional[str] = None  # a zoo name alone does not say which file it was
         if cfg.init:
             from ..loader import load_model
-            from ..zoo import sha256_file
 
-            try:
+            with _naming_option("--init", str(cfg.init)):
                 start = load_model(cfg.init, device="cpu")
-            except SrkdError as e:  # name the option, as --teacher does
-                msg = str(e)
-                raise type(e)(f"--init {msg}" if msg.startswith(str(cfg.init)) else f"--init {cfg.init}: {msg}") from None
             self.warnings.append(init_from_weights(self.model, start.model, cfg.init))
-            self.init_sha256 = sha256_file(start.path) if start.path is not None else None
+            self.init_sha256 = start.sha256
         if cfg.reparam:
             if not self.spec.expandable:
                 raise ConfigError(f"--reparam: {self.spec.name} cannot be re-parameterised (srkd does it for "
@@ -264,29 +270,19 @@ class Trainer(RunState):
 
     def _load_teacher(self):
         from ..loader import load_model
+        from ..zoo import get_zoo
 
         name = str(self.cfg.teacher)
-        if not Path(name).expanduser().is_file():
+        with _naming_option("--teacher", name):
+            ref = get_zoo().identify(name, scale=self.cfg.scale)
+        if ref.entry is not None:
             # A zoo entry names its architecture: refuse a pair no recipe covers before downloading.
-            from ..zoo import get_zoo
-
-            try:
-                arch = get_zoo().get(name, scale=self.cfg.scale).arch
-            except SrkdError:
-                arch = None
-            if arch is not None:
-                check_pair(self.spec.name, get_arch(arch).name)
-        try:
-            teacher = load_model(model=name, scale=self.cfg.scale, device=self.device)
-        except SrkdError as e:
-            msg = str(e)
-            raise type(e)(f"--teacher {msg}" if msg.startswith(name) else f"--teacher {name}: {msg}") from None
+            check_pair(self.spec.name, get_arch(ref.entry.arch).name)
+        with _naming_option("--teacher", name):
+            teacher = load_model(ref, scale=self.cfg.scale, device=self.device)
         self.teacher_name = str(teacher.metadata.get("zoo_name") or teacher.path or name)
         self.teacher_config = dict(teacher.config)  # for its receptive field (--teacher-cache halo)
-        if teacher.path is not None:
-            from ..zoo import sha256_file
-
-            self.teacher_sha256 = sha256_file(teacher.path)
+        self.teacher_sha256 = teacher.sha256
         return teacher
 
     def _student_config(self, teacher) -> Dict[str, Any]:
