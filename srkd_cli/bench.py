@@ -145,23 +145,22 @@ def resolve_model(name: str, scale: int) -> ResolvedModel:
     from .loader import load_model
     from .zoo import get_zoo
 
-    path = Path(name).expanduser()
-    if path.is_file():
-        lm = load_model(None, path, scale)
-        return ResolvedModel(path.name, lm.model.eval(), trained=True)
-    if ":" not in name:
+    try:
+        ref = get_zoo().identify(name, scale=scale, strict=False)  # None: perhaps an architecture
+    except ModelNotFoundError:  # a zoo model at another scale
+        ref = None
+    if ref is not None and ref.path is not None:
+        lm = load_model(ref, scale=scale)
+        return ResolvedModel(ref.path.name, lm.model.eval(), trained=True)
+    if ref is not None and ref.entry is not None:
+        entry = ref.entry
         try:
-            entry = get_zoo().get(name, scale=scale)
-        except ModelNotFoundError:
-            entry = None
-        if entry is not None:
-            try:
-                lm = load_model(entry.name, scale=scale, offline=True)
-                return ResolvedModel(entry.name, lm.model.eval(), trained=True)
-            except ModelNotFoundError:  # neither bundled nor cached: time the architecture
-                torch.manual_seed(0)
-                model = get_arch(entry.arch).build(entry.scale, **entry.config).eval()
-                return ResolvedModel(entry.name + UNTRAINED, model, trained=False)
+            lm = load_model(ref, scale=scale, offline=True)
+            return ResolvedModel(entry.name, lm.model.eval(), trained=True)
+        except ModelNotFoundError:  # neither bundled nor cached: time the architecture
+            torch.manual_seed(0)
+            model = get_arch(entry.arch).build(entry.scale, **entry.config).eval()
+            return ResolvedModel(entry.name + UNTRAINED, model, trained=False)
     found = _arch_with_overrides(name, scale)
     if found is None:
         raise ModelNotFoundError(

@@ -12,7 +12,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
@@ -20,6 +20,9 @@ from .archs import ARCHS, ArchSpec, SRModel, detect_arch, get_arch
 from .atomic import atomic_write
 from .config import SCALES, or_list
 from .errors import CheckpointError, ConfigError, InputError, SrkdError
+
+if TYPE_CHECKING:
+    from .zoo.schema import ModelEntry
 
 FORMAT_VERSION = "1"
 # Buffers some releases save although they are derived from the training img_size.
@@ -38,6 +41,17 @@ class LoadedModel:
     # What the file could not tell and the loader assumed (`ArchSpec.assumed`), one sentence each,
     # for the CLI to print as warnings; options the caller set are not among them.
     notes: List[str] = field(default_factory=list)
+    entry: Optional[ModelEntry] = None  # the zoo entry `loader.load_model` found it by; None for a file
+    _sha256: Optional[str] = field(default=None, repr=False)  # set where fetching already hashed the file
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """The file's sha256 (None without a file), hashed at most once: provenance and callers share it."""
+        if self._sha256 is None and self.path is not None:
+            from .zoo.cache import sha256_file
+
+            self._sha256 = sha256_file(self.path)
+        return self._sha256
 
 
 def canonical_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import torch
 
@@ -11,10 +11,12 @@ from .checkpoint import LoadedModel, load_checkpoint
 from .config import DEFAULT_MODELS
 from .errors import CheckpointError, ConfigError
 
+if TYPE_CHECKING:
+    from .zoo import ModelRef
 
 
 def load_model(
-    model: Optional[str] = None,
+    model: Union[str, ModelRef, None] = None,
     weights: Optional[Union[str, Path]] = None,
     scale: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
@@ -23,11 +25,14 @@ def load_model(
 ) -> LoadedModel:
     """A zoo name (`swinir4`, `squeezesr-x2`) or a weights file -> LoadedModel, checked against `scale`.
 
+    What `model` names is decided by `Zoo.identify` alone; a caller that already asked it may
+    pass its ModelRef. The result carries the zoo entry (`entry`, None for a file) and the
+    file's `sha256`, hashed at most once (a verified zoo file is not hashed again).
     `offline` True never downloads (ModelNotFoundError when the file is neither bundled nor
     cached); None follows HF_HUB_OFFLINE. `overrides` (`--set`) set options the file cannot tell
     (`checkpoint.load_checkpoint`).
     """
-    from .zoo import get_zoo
+    from .zoo import ModelRef, get_zoo
 
     if model and weights:
         raise ConfigError("give --model or --weights, not both")
@@ -35,22 +40,22 @@ def load_model(
         return load_checkpoint(weights, scale=scale, device=device, overrides=overrides)
     zoo = get_zoo()
     if model is None:
-        entry = zoo.get(DEFAULT_MODELS[scale or 4], scale=scale or 4)
-    elif Path(model).expanduser().is_file():
-        return load_checkpoint(Path(model).expanduser(), scale=scale, device=device, overrides=overrides)
-    elif model.startswith("hf://"):  # a pinned Hub file, no zoo entry (zoo/hubid.py)
-        from .zoo.hubid import resolve_hub_id
-
-        path = resolve_hub_id(model, offline=offline, progress=not offline)
-        lm = load_checkpoint(path, scale=scale, device=device, overrides=overrides)
-        lm.metadata.setdefault("zoo_name", model)
-        return lm
+        name = DEFAULT_MODELS[scale or 4]
+        ref = ModelRef(name, entry=zoo.get(name, scale=scale or 4))
+    elif isinstance(model, ModelRef):
+        ref = model
     else:
-        entry = zoo.get(model, scale=scale)
-    path = zoo.resolve(entry.name, offline=offline, progress=not offline)
-    lm = load_checkpoint(path, scale=entry.scale, device=device, overrides=overrides)
-    _check_against_entry(lm, entry, path)
-    lm.metadata.setdefault("zoo_name", entry.name)
+        ref = zoo.identify(model, scale=scale)
+    path, sha256 = zoo.fetch(ref, offline=offline, progress=not offline)
+    entry = ref.entry
+    lm = load_checkpoint(path, scale=entry.scale if entry else scale, device=device, overrides=overrides)
+    if entry is not None:
+        _check_against_entry(lm, entry, path)
+        lm.metadata.setdefault("zoo_name", entry.name)
+    elif ref.hub_id is not None:  # a pinned Hub file, no zoo entry (zoo/hubid.py)
+        lm.metadata.setdefault("zoo_name", ref.hub_id)
+    lm.entry = entry
+    lm._sha256 = sha256
     return lm
 
 

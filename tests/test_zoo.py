@@ -183,6 +183,46 @@ def test_explicit_path_wins_and_a_missing_path_says_so(tmp_path, monkeypatch):
         get_zoo().resolve(str(tmp_path))
 
 
+def test_identify_is_the_one_decision_file_hub_entry_or_one_line_error(tmp_path, payload, monkeypatch):
+    """`Zoo.identify` alone says what a model argument names; resolve and load_model follow it."""
+    from srkd_cli import loader
+
+    z = write_zoo(tmp_path, entry("b-x2", f'{{kind = "bundled", file = "b.safetensors", sha256 = "{sha(payload)}"}}')
+                  + entry("gone-x2", '{kind = "bundled", file = "gone.safetensors"}'),
+                  bundled={"b.safetensors": payload})
+    monkeypatch.setattr(zoo_mod, "get_zoo", lambda: z)
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "b-x2"  # a file named like an entry: the file wins
+    f.write_bytes(payload)
+    assert z.identify("b-x2") == zoo_mod.ModelRef("b-x2", path=Path("b-x2"))
+    f.unlink()
+    assert z.identify("b-x2").entry.name == "b-x2" and z.identify("B", scale=2).entry.name == "b-x2"  # family + scale
+    hub_id = "hf://o/r/w.pth@" + "0" * 40
+    assert z.identify(hub_id) == zoo_mod.ModelRef(hub_id, hub_id=hub_id)
+    # a zoo name whose file is missing is still a zoo name: the error comes when it is fetched, in one line
+    assert z.identify("gone-x2").entry.name == "gone-x2"
+    for fetch in (lambda: z.resolve("gone-x2"), lambda: loader.load_model("gone-x2")):
+        with pytest.raises(ModelNotFoundError) as err:
+            fetch()
+        assert one_line(err) == f"model gone-x2: bundled file gone.safetensors: not installed in {tmp_path / 'bundled'}"
+    # not a file and not an entry: the same one line from identify, resolve and load_model
+    cases = {
+        "nope/b-x2.pth": (ModelNotFoundError, "nope/b-x2.pth: no such file (and no model of that name in the zoo)"),
+        "b.safetensors": (ModelNotFoundError, "b.safetensors: no such file (and no model of that name in the zoo)"),
+        "bundled": (CheckpointError, "bundled: is a folder, not a weights file"),
+        "c-x2": (ModelNotFoundError, "unknown model 'c-x2'; did you mean b-x2? (`srkd models` lists them)"),
+        "b-x2 ": (ModelNotFoundError, "unknown model 'b-x2 '; did you mean b-x2? (`srkd models` lists them)"),
+    }
+    for text, (kind, says) in cases.items():
+        assert z.identify(text, strict=False) is None
+        for decide in (lambda: z.identify(text), lambda: z.resolve(text), lambda: loader.load_model(text)):
+            with pytest.raises(kind) as err:
+                decide()
+            assert one_line(err) == says
+    with pytest.raises(ModelNotFoundError, match="model b-x2 is x2, not x3"):
+        z.identify("b-x2", scale=3)
+
+
 # ----------------------------------------------------------------------------- bundled
 
 

@@ -1,5 +1,7 @@
 """The model zoo: `weights.toml` entries, and turning a model name into a local weights file.
 
+`Zoo.identify(text)` is the one place that decides what a user's model argument names: an
+existing file, a pinned Hub id (`hf://`), or a zoo entry; anything else is a one-line error.
 `Zoo.resolve(name)` looks, in this order, at: an existing file of that name; a file bundled
 in the package; the local caches (the Hugging Face cache for `hf` sources, srkd's URL cache
 for `url` sources); then downloads, source by source in the entry's order. A file with a
@@ -16,14 +18,16 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import CheckpointError, ModelNotFoundError
 from .cache import PathLike, cached_path, delete_cached, offline_from_env, sha256_file, url_cache_dir
 from .download import download_hf, download_url
 from .failures import SourceFailed
+from .hubid import fetch_hub_id, is_hub_id
 from .progress import RichBar, SilentBar, err_console
 from .schema import ModelEntry, Source, read_entries
 
@@ -53,6 +57,16 @@ def _warn_unverified(entry: ModelEntry, src: Source) -> None:
 
 def _looks_like_path(text: str) -> bool:
     return "/" in text or os.sep in text or Path(text).suffix.lower() in _WEIGHT_SUFFIXES
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model argument names, as `Zoo.identify` decided: exactly one of `path`, `hub_id`, `entry`."""
+
+    text: str  # as the user gave it
+    path: Optional[Path] = None  # an existing file (user's ~ expanded)
+    hub_id: Optional[str] = None  # hf://OWNER/REPO/FILE@COMMIT|#sha256=HEX (zoo/hubid.py)
+    entry: Optional[ModelEntry] = None
 
 
 class Zoo:
@@ -97,6 +111,10 @@ class Zoo:
         entry = self._lookup(name, scale)
         if entry is not None:
             return entry
+        raise self._unknown(name, scale)
+
+    def _unknown(self, name: str, scale: Optional[int]) -> ModelNotFoundError:
+        """'unknown model NAME', with the close names (at `scale` first)."""
         # The name as typed: `{name}-x{scale}` was only a guess at a family, and echoing it
         # turned `edsr-t-x2 --scale 2` into 'edsr-t-x2-x2'. Names at `scale` are suggested first.
         lowered = {n.lower(): n for n in self.names()}
@@ -106,7 +124,7 @@ class Zoo:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         if not close and name.lower().startswith("realesr"):
             hint = "; Real-ESRGAN's models are not in srkd's zoo, but their .pth files run with --weights FILE"
-        raise ModelNotFoundError(f"unknown model {name!r}{hint} (`srkd models` lists them)")
+        return ModelNotFoundError(f"unknown model {name!r}{hint} (`srkd models` lists them)")
 
     def where(self, name: str) -> str:
         """Where `resolve` would find the weights now: "bundled", "cached", "remote" or "missing"."""
@@ -118,33 +136,63 @@ class Zoo:
             return "cached"
         return "remote" if remote else "missing"
 
+    def identify(self, name_or_path: PathLike, *, scale: Optional[int] = None,
+                 strict: bool = True) -> Optional[ModelRef]:
+        """What `name_or_path` names, in this order: an existing file, a Hub id, a zoo entry.
+
+        Nothing is read or downloaded. With `scale`, a family name finds its member at that
+        scale, and an entry at another scale is an error. Anything else is a one-line error
+        (a folder, a path-like string with no file, an unknown name with close names), or
+        None when not `strict` (the caller has other readings, e.g. bench's architectures).
+        """
+        text = os.fspath(name_or_path)
+        path = Path(text).expanduser()
+        if path.is_file():
+            return ModelRef(text, path=path)
+        if is_hub_id(text):
+            return ModelRef(text, hub_id=text)
+        entry = self._lookup(text, scale)
+        if entry is not None:
+            return ModelRef(text, entry=entry)
+        if not strict:
+            return None
+        if text and path.is_dir():  # Path("") is the current folder
+            raise CheckpointError(f"{path}: is a folder, not a weights file")
+        if _looks_like_path(text):
+            raise ModelNotFoundError(f"{text}: no such file (and no model of that name in the zoo)")
+        raise self._unknown(text, scale)
+
+    def fetch(self, ref: ModelRef, *, offline: Optional[bool] = None,
+              progress: bool = True) -> Tuple[Path, Optional[str]]:
+        """The local file `ref` names, and its sha256 where getting it already hashed it (else None).
+
+        `offline=None` follows HF_HUB_OFFLINE; offline, nothing is downloaded.
+        """
+        if ref.path is not None:
+            return ref.path, None
+        if ref.hub_id is not None:
+            return fetch_hub_id(ref.hub_id, offline=offline, progress=progress)
+        assert ref.entry is not None
+        return self._resolve_entry(ref.entry, offline=offline_from_env() if offline is None else offline,
+                                   progress=progress)
+
     def resolve(self, name_or_path: PathLike, *, scale: Optional[int] = None, offline: Optional[bool] = None,
                 progress: bool = True) -> Path:
         """A local weights file for a model name (or an existing path, returned as is).
 
         `offline=None` follows HF_HUB_OFFLINE; offline, nothing is downloaded.
         """
-        text = os.fspath(name_or_path)
-        path = Path(text).expanduser()
-        if path.is_file():
-            return path
-        entry = self._lookup(text, scale)
-        if entry is None:
-            if path.is_dir():
-                raise CheckpointError(f"{path}: is a folder, not a weights file")
-            if _looks_like_path(text):
-                raise ModelNotFoundError(f"{text}: no such file (and no model of that name in the zoo)")
-            entry = self.get(text, scale=scale)
-        return self._resolve_entry(entry, offline=offline_from_env() if offline is None else offline,
-                                   progress=progress)
+        ref = self.identify(name_or_path, scale=scale)
+        assert ref is not None
+        return self.fetch(ref, offline=offline, progress=progress)[0]
 
-    def _verify(self, entry: ModelEntry, src: Source, path: Path) -> Path:
+    def _verify(self, entry: ModelEntry, src: Source, path: Path) -> Tuple[Path, Optional[str]]:
         if src.sha256 is None:
             _warn_unverified(entry, src)
-            return path
+            return path, None
         got = sha256_file(path)
         if got == src.sha256:
-            return path
+            return path, got
         if src.kind == "bundled":  # never delete from the installation itself
             raise CheckpointError(
                 f"model {entry.name}: bundled file {path} fails its checksum (sha256 expected {src.sha256}, "
@@ -154,7 +202,7 @@ class Zoo:
             f"model {entry.name}: the file from {src.describe()} fails its checksum (sha256 expected {src.sha256}, "
             f"got {got}); it was deleted from the cache")
 
-    def _resolve_entry(self, entry: ModelEntry, *, offline: bool, progress: bool) -> Path:
+    def _resolve_entry(self, entry: ModelEntry, *, offline: bool, progress: bool) -> Tuple[Path, Optional[str]]:
         tried: List[str] = []
         for src in entry.sources:
             if src.kind == "bundled":
@@ -203,4 +251,4 @@ def get_zoo() -> Zoo:
     return Zoo.from_file(DEFAULT_TOML, bundled_dir=DEFAULT_BUNDLED_DIR)
 
 
-__all__ = ["ModelEntry", "Source", "Zoo", "get_zoo", "sha256_file", "url_cache_dir", "offline_from_env"]
+__all__ = ["ModelEntry", "ModelRef", "Source", "Zoo", "get_zoo", "sha256_file", "url_cache_dir", "offline_from_env"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..errors import CheckpointError, ConfigError, ModelNotFoundError
 from .cache import cached_path, delete_cached, offline_from_env, sha256_file
@@ -55,6 +55,11 @@ def parse_hub_id(text: str) -> Source:
 
 def resolve_hub_id(text: str, *, offline: Optional[bool] = None, progress: bool = True) -> Path:
     """A local, verified copy of the file a Hub id names (cached, else downloaded unless offline)."""
+    return fetch_hub_id(text, offline=offline, progress=progress)[0]
+
+
+def fetch_hub_id(text: str, *, offline: Optional[bool] = None, progress: bool = True) -> Tuple[Path, Optional[str]]:
+    """`resolve_hub_id`, with the file's sha256 when the id pins one (it was hashed to check it), else None."""
     src = parse_hub_id(text)
     offline = offline_from_env() if offline is None else offline
     path = cached_path(src)
@@ -70,7 +75,8 @@ def resolve_hub_id(text: str, *, offline: Optional[bool] = None, progress: bool 
             delete_cached(path)
             raise CheckpointError(f"{text}: the downloaded file fails its checksum (sha256 {got}); "
                                   "it was deleted from the cache")
-    return path
+        return path, got
+    return path, None
 
 
-__all__ = ["PREFIX", "is_hub_id", "parse_hub_id", "resolve_hub_id"]
+__all__ = ["PREFIX", "fetch_hub_id", "is_hub_id", "parse_hub_id", "resolve_hub_id"]
