@@ -2,7 +2,9 @@
 
 Public API (imported lazily, so `import srkd_cli` stays cheap):
 `build_model`, `list_archs`, `load_model`, `load_checkpoint`, `save_checkpoint`,
-`Upscaler`, `build_upscaler` (the Upscaler `srkd upscale` runs), `evaluate_folder`, `load_pairs`, `get_zoo`, `read_image`, `write_image`, `imresize`.
+`Upscaler`, `build_upscaler` (the Upscaler `srkd upscale` runs),
+`upscale_files(UpscaleRequest(inputs=[...], output=...))` (all of `srkd upscale`; `UpscaleHooks`,
+`UpscaleOutcome`), `evaluate_folder`, `load_pairs`, `get_zoo`, `read_image`, `write_image`, `imresize`.
 """
 
 from importlib import import_module
@@ -18,6 +20,10 @@ _API = {
     "save_checkpoint": "checkpoint",
     "Upscaler": "inference",
     "build_upscaler": "backends",
+    "upscale_files": "upscale",
+    "UpscaleRequest": "upscale",
+    "UpscaleHooks": "upscale",
+    "UpscaleOutcome": "upscale",
     "evaluate_folder": "evaluate",
     "load_pairs": "evaluate",
     "get_zoo": "zoo",

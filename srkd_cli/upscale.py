@@ -1,263 +1,45 @@
-"""Batch upscaling: which files, where their outputs go, and running each one safely.
+"""Batch upscaling: running each planned file safely (the plan is upscale_plan.py).
 
-A bad file is reported and skipped; the rest are done. Outputs are planned before any
-work so that an input is never overwritten and two inputs never write the same file.
+A bad file is reported and skipped; the rest are done.
+`upscale_files(UpscaleRequest(...))` is the whole of `srkd upscale` as a call: under torchrun
+every rank loads the model, rank 0 plans the outputs and hands each rank its share of the
+files (round robin), and rank 0 gathers every result.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-import re
+import shutil
 import sys
+import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image as PILImage
 
-from .errors import ConfigError, InputError, OutputError, SrkdError
+from .atomic import check_report, remove_stale_temps, write_report
+from .backends import build_upscaler
+from .checkpoint import LoadedModel
+from .config import SCALES, or_list
+from .distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
+from .errors import ConfigError, ModelNotFoundError, OutputError, SrkdError
 from .imaging.imresize import imresize
-from .imaging.io import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PNG_COMPRESSION, Image, encode_image, find_images,
-                         image_decodes, list_images, probe_image, read_image, write_image)
-from .inference import Upscaler
+from .imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION, Image, encode_image, probe_image, read_image, write_image
+from .inference import Upscaler, pick_device
+from .loader import load_model
+from .upscale_plan import (STDOUT, SUFFIX_FORMAT, FileResult, Inputs, Job, OutputOptions, _suffix_for,  # noqa: F401
+                          check_suffix, collect_inputs, output_kind, plan_jobs)
 
-FORMAT_SUFFIX = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif", "bmp": ".bmp"}
-SUFFIX_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tif", ".tiff": "tif", ".bmp": "bmp"}
 ALPHA_MODES = ("model", "bicubic")
 WEBP_MAX_SIDE = 16383  # the WebP format cannot hold a longer side
-STDOUT = Path("-")  # `-o -`: the one output goes to stdout
-# Formats srkd cannot write, named in the refusal of `-o out.gif` (which would otherwise be a folder).
-OTHER_IMAGE_FORMATS = {".gif": "GIF", ".avif": "AVIF", ".heic": "HEIC", ".heif": "HEIF", ".jxl": "JPEG XL",
-                       ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".ico": "ICO", ".tga": "TGA", ".psd": "PSD",
-                       ".exr": "OpenEXR", ".hdr": "Radiance HDR", ".ppm": "PPM", ".pgm": "PGM", ".pbm": "PBM",
-                       ".pnm": "PNM", ".svg": "SVG", ".dds": "DDS", ".qoi": "QOI", ".apng": "APNG"}
-# Characters no file name may hold on some common file system (Windows forbids <>:"|?* and \).
-_NOT_IN_NAMES = frozenset('/\\<>:"|?*') | frozenset(chr(i) for i in range(32))
-# The longest file name most file systems hold (bytes), and what the temporary file beside an
-# output adds to its name (`.NAME.PID.XXXXXXXX.tmp`, imaging.io's atomic write; pids up to 7 digits).
-NAME_MAX = 255
-TEMP_NAME_EXTRA = 22
-# What srkd's default suffix looks like (`_x4`, `_x3.5`): the mark of an earlier run's output.
-_SCALE_SUFFIX = re.compile(r"_x\d+(?:\.\d+)?$")
-
-
-@dataclass
-class OutputOptions:
-    output: Union[str, Path, None] = None  # a file (one input), a folder, or "-" (stdout); None: beside each input
-    suffix: Optional[str] = None  # None: "_x{scale}"
-    format: Optional[str] = None  # None: the input's own format (or the -o file's suffix)
-    quality: int = 95
-    overwrite: bool = False
-    png_compression: int = PNG_COMPRESSION  # zlib level 0-9
-    skip_existing: bool = False  # an output that exists and decodes is done: its input is skipped
-    outscale: Optional[float] = None  # a final scale below the model's (Real-ESRGAN's -s 3.5): resampled down to it
-
-
-@dataclass
-class Job:
-    input: Path
-    output: Path
-    name: Optional[str] = None  # what messages call the input when not its path ("-" for stdin)
-
-    @property
-    def shown(self) -> str:
-        return self.name or str(self.input)
-
-
-@dataclass
-class FileResult:
-    input: str
-    output: Optional[str]
-    ok: bool
-    size_in: Optional[Tuple[int, int]] = None  # (width, height)
-    size_out: Optional[Tuple[int, int]] = None
-    seconds: float = 0.0
-    error: Optional[str] = None
-    rank: int = 0  # the torchrun rank that did it
-    skipped: bool = False  # --skip-existing: the output was already there
-
-    def to_dict(self) -> Dict:
-        return asdict(self)
-
-
-@dataclass
-class Inputs:
-    """What the input arguments name."""
-
-    files: List[Tuple[Path, Path]] = field(default_factory=list)  # (file, its path under the folder it was found in)
-    failed: List[FileResult] = field(default_factory=list)  # named files that cannot be used
-    unmatched: List[str] = field(default_factory=list)  # patterns and folders with no image: errors, no image to count
-    earlier_outputs: List[Path] = field(default_factory=list)  # srkd's own outputs found in folders and globs, left out
-    in_output_folder: List[Path] = field(default_factory=list)  # images under -o DIR inside a walked folder, left out
-
-
-def collect_inputs(inputs: Sequence[str], recursive: bool, suffix: Optional[str] = None,
-                   output_folder: Union[str, Path, None] = None) -> Inputs:
-    """The files named by files, folders and globs; a failed result for each named file that is
-    not a usable image, and a message for each pattern or folder that gives no image.
-
-    Folders and globs leave out the outputs of earlier runs: a file whose name is that of an
-    image beside it plus srkd's suffix (`a_x2.png` beside `a.png`, or `--suffix`), so that a
-    second run over a folder does not upscale the first run's outputs. A folder also leaves out
-    `output_folder` where that lies inside it (`-r in -o in/out`), for the same reason. A file
-    named as such is always taken.
-    """
-    got = Inputs()
-    found: Dict[Path, Tuple[Path, Path]] = {}
-    stems: Dict[Path, Set[str]] = {}
-    out = Path(output_folder).expanduser().resolve() if output_folder is not None else None
-    for arg in inputs:
-        p = Path(arg).expanduser()
-        inside = out is not None and p.is_dir() and out != p.resolve() and out.is_relative_to(p.resolve())
-        walled = out if inside else None
-        pattern = not p.exists() and any(c in arg for c in "*?[")
-        try:
-            images = find_images([p if p.exists() else arg], recursive=recursive)
-        except InputError as e:
-            if pattern or p.is_dir():
-                hint = " (`**` descends into sub-folders only with -r/--recursive)" if "**" in arg and not recursive else ""
-                got.unmatched.append(f"{e}{hint}")
-            else:
-                got.failed.append(FileResult(str(arg), None, False, error=str(e)))
-            continue
-        for f in images:
-            if walled is not None and f.resolve().is_relative_to(walled):
-                got.in_output_folder.append(f)
-                continue
-            if (pattern or p.is_dir()) and _earlier_output(f, suffix, stems):
-                got.earlier_outputs.append(f)
-                continue
-            found.setdefault(f.resolve(), (f, f.relative_to(p) if p.is_dir() else Path(f.name)))
-    got.files = list(found.values())
-    if not got.files and not got.failed:
-        if len(got.unmatched) == 1 and not got.earlier_outputs and not got.in_output_folder:
-            raise InputError(got.unmatched[0])
-        left = f" ({len(got.earlier_outputs)} earlier srkd output(s) left out: name them to upscale them)" if got.earlier_outputs else ""
-        if got.in_output_folder:
-            left += f" ({len(got.in_output_folder)} image(s) in the output folder {output_folder} left out)"
-        raise InputError(f"no images found in {' '.join(inputs)}{left}")
-    return got
-
-
-def _earlier_output(f: Path, suffix: Optional[str], stems: Dict[Path, Set[str]]) -> bool:
-    """`f` is an image beside it with srkd's default suffix (or `suffix`) added to its name."""
-    bases = []
-    m = _SCALE_SUFFIX.search(f.stem)
-    if m and m.start() > 0:
-        bases.append(f.stem[:m.start()])
-    if suffix and len(f.stem) > len(suffix) and f.stem.endswith(suffix):
-        bases.append(f.stem[:-len(suffix)])
-    if not bases:
-        return False
-    if f.parent not in stems:
-        stems[f.parent] = {q.stem for q in list_images(f.parent)}
-    return any(b in stems[f.parent] for b in bases)
-
-
-def check_suffix(suffix: Optional[str]) -> None:
-    """--suffix must stay inside the file's name: `/../../evil` would write elsewhere."""
-    if suffix and (".." in suffix or any(c in _NOT_IN_NAMES for c in suffix)):
-        raise ConfigError(f"--suffix {suffix!r}: must be part of a file name (no path separator, no '..', "
-                          'none of <>:"|?* or control characters)')
-
-
-def output_kind(output: Union[str, Path, None]) -> str:
-    """'beside', 'stdout', 'file' or 'folder' for -o; a name that looks like a file srkd cannot
-    write (`out.gif`, `out.xyz`) is refused rather than made a folder."""
-    if output is None:
-        return "beside"
-    text = os.fspath(output)
-    if text == "-":
-        return "stdout"
-    p = Path(text).expanduser()
-    if p.is_dir() or text.endswith(("/", os.sep)):
-        return "folder"
-    suffix = p.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return "file"
-    if re.fullmatch(r"\.[a-z][a-z0-9]{0,4}", suffix):
-        what = f"srkd cannot write {OTHER_IMAGE_FORMATS[suffix]} images" if suffix in OTHER_IMAGE_FORMATS \
-            else f"{p.suffix} is not an image format srkd writes"
-        raise ConfigError(f"-o {text}: {what} (.png, .jpg, .webp, .tif or .bmp); "
-                          f"for a folder of that name, end it with '/' or create it first")
-    return "folder"
-
-
-def _suffix_for(fmt: Optional[str], fallback: str) -> str:
-    if fmt is None:
-        return fallback.lower() if fallback.lower() in IMAGE_SUFFIXES else ".png"
-    key = fmt.lower().lstrip(".")
-    if key not in FORMAT_SUFFIX:
-        raise ConfigError(f"--format {fmt}: choose png, jpg, webp, tif or bmp")
-    return FORMAT_SUFFIX[key]
-
-
-def plan_jobs(files: List[Tuple[Path, Path]], opts: OutputOptions, scale: Union[int, float]
-              ) -> Tuple[List[Job], List[FileResult], List[FileResult]]:
-    """(jobs, failed, skipped): where each input's output goes; conflicts become failed results,
-    never silent overwrites; with `skip_existing`, an output that exists and decodes is skipped.
-
-    `-o` with an image suffix (and not an existing folder) names the output file of a single
-    input; `-o -` sends it to stdout; otherwise it is a folder, and folder inputs keep their
-    sub-folder structure in it. `scale` is the final scale, which names the default suffix.
-    """
-    kind = output_kind(opts.output)
-    out = None if kind in ("beside", "stdout") else Path(opts.output).expanduser()
-    check_suffix(opts.suffix)
-    if opts.format:
-        _suffix_for(opts.format, ".png")  # validates it
-    if kind == "stdout":
-        if not opts.format:
-            raise ConfigError("-o -: give --format (png, jpg, webp, tif or bmp); stdout has no name to take it from")
-        if len(files) != 1:
-            raise ConfigError(f"-o -: writes one image to stdout, but there are {len(files)} inputs")
-        return [Job(files[0][0], STDOUT)], [], []
-    if kind == "file":
-        if len(files) > 1:
-            raise ConfigError(f"-o {out}: names one file, but there are {len(files)} inputs (give a folder)")
-        if opts.format and SUFFIX_FORMAT[out.suffix.lower()] != SUFFIX_FORMAT[_suffix_for(opts.format, "")]:
-            raise ConfigError(f"-o {out} and --format {opts.format} disagree (drop one or make them match)")
-    suffix = f"_x{scale:g}" if opts.suffix is None else opts.suffix
-    jobs, failed, skipped, taken = [], [], [], {}
-    inputs = {f.resolve() for f, _ in files}
-    for f, rel in files:
-        if kind == "file":
-            target = out
-        else:
-            ext = _suffix_for(opts.format, f.suffix)
-            folder = f.parent if out is None else out / rel.parent
-            target = folder / f"{f.stem}{suffix}{ext}"
-        size = len(os.fsencode(target.name))
-        if size > NAME_MAX - TEMP_NAME_EXTRA:  # one image's problem, not the batch's: the others go on
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: file name too long ({size} bytes; "
-                                     f"at most {NAME_MAX - TEMP_NAME_EXTRA}: use a shorter --suffix or -o FILE)"))
-            continue
-        try:
-            key = target.resolve()
-            is_dir, exists = target.is_dir(), target.exists()
-        except OSError as e:
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: cannot use it ({e.strerror or e})"))
-            continue
-        if key in inputs:
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: would overwrite an input (use another -o or --suffix)"))
-        elif key in taken:
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: also the output of {taken[key]}"))
-        elif is_dir:
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: is a folder"))
-        elif exists and opts.skip_existing and image_decodes(target):
-            skipped.append(FileResult(str(f), str(target), True, skipped=True))
-        elif exists and not opts.overwrite:
-            why = ("exists but does not decode (use --overwrite to replace it)" if opts.skip_existing
-                   else "already exists (use --skip-existing to keep it, --overwrite to replace it)")
-            failed.append(FileResult(str(f), str(target), False, error=f"{target}: {why}"))
-        else:
-            taken[key] = f
-            jobs.append(Job(f, target))
-    return jobs, failed, skipped
 
 
 def upscale_image(upscaler: Upscaler, img: Image, alpha_mode: str = "model") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -384,3 +166,302 @@ def run_jobs(
         if on_done:
             on_done(res)
     return results
+
+
+# ---------------------------------------------------------------- the whole batch: upscale_files
+
+
+@dataclass
+class UpscaleRequest:
+    """Everything one `srkd upscale` run needs; the defaults are the command's."""
+
+    inputs: Sequence[Union[str, Path]]  # image files, folders or glob patterns; "-": one image from stdin
+    output: Union[str, Path, None] = None  # a file (one input), a folder, or "-" (stdout); None: beside each input
+    scale: Union[int, float, str, None] = None  # 2, 3, 4 or a fraction such as 3.5 (text as --scale takes it);
+    #                                             None: the model's, else 4
+    model: Optional[str] = None  # a zoo name or family, a weights file or hf:// file; None: the bundled default
+    weights: Union[str, Path, None] = None  # a .safetensors or official .pth file
+    overrides: Optional[Mapping[str, Any]] = None  # architecture options the weights cannot tell (--set)
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "fp32"
+    threads: Optional[int] = None  # torch's CPU threads (and the backend's)
+    tile: Union[int, str, None] = "auto"  # input pixels, "auto" (from free memory), or None / "none" / 0
+    tile_overlap: Optional[int] = None  # None: from the model's receptive field
+    tta: bool = False
+    alpha: str = "model"  # or "bicubic"
+    suffix: Optional[str] = None  # None: "_x{scale}"
+    format: Optional[str] = None  # png, jpg, webp, tif, bmp; None or "auto": the input's (or the -o file's)
+    quality: Optional[int] = None  # JPEG/WebP; None: 95
+    png_compression: int = PNG_COMPRESSION
+    overwrite: bool = False
+    skip_existing: bool = False
+    recursive: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    report: Union[str, Path, None] = None  # JSON records of every file, written at the end ("-": stdout)
+    ranks: Optional[DistEnv] = None  # torchrun's rank and world size; None: what the environment says
+
+
+@dataclass
+class UpscaleHooks:
+    """What a batch tells its caller while it runs; each is optional. `note` and model-level
+    warnings come from rank 0 only; the rest from every rank, about its own files."""
+
+    note: Optional[Callable[[str], None]] = None  # what srkd chose or did: a backend fallback, inputs left out
+    warn: Optional[Callable[[str], None]] = None  # something about the model, the options or one file
+    started: Optional[Callable[[int, float, str], None]] = None  # (this rank's files, final scale, model name)
+    tiles: Optional[Callable[[int, int], None]] = None  # (tiles done, tiles) within one file
+    writing: Optional[Callable[[Job, int], None]] = None  # a file's encoding and writing begins (output pixels)
+    done: Optional[Callable[[FileResult], None]] = None  # a file finished, well or not
+
+
+@dataclass
+class UpscaleOutcome:
+    """What `upscale_files` did. `results` on rank 0: every rank's files, the plan's failures
+    first, then in input order; on the other ranks, their own."""
+
+    results: List[FileResult]
+    skipped: List[FileResult]  # skip_existing: the output was already there
+    unmatched: List[str]  # one line for each pattern or folder that gave no image
+    scale: int  # the model's
+    outscale: Optional[float]  # the final scale where it is not the model's
+    backend: str  # the backend that ran
+    model: str  # the model's name, as messages give it
+    main: bool = True  # rank 0, which holds every result and wrote the report
+    report_error: Optional[str] = None  # the report could not be written (the images were)
+
+    @property
+    def final_scale(self) -> float:
+        return self.outscale or self.scale
+
+    @property
+    def failed(self) -> List[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.unmatched or self.report_error)
+
+
+def parse_tile(tile: Union[int, str, None]) -> Union[int, str, None]:
+    """'auto', 'none' (or 0, or None) or a size in pixels."""
+    if tile is None or isinstance(tile, int):
+        return tile or None
+    if tile.lower() in ("auto", "none", "0"):
+        return None if tile.lower() in ("none", "0") else "auto"
+    try:
+        return int(tile)
+    except ValueError:
+        raise ConfigError(f"--tile {tile}: give a size in pixels, auto, or none") from None
+
+
+def parse_scale(scale: Union[int, float, str, None]) -> Tuple[Optional[int], Optional[float]]:
+    """A scale (or --scale as typed) -> (the model's scale, the final scale when that is not an integer).
+
+    A fraction (Real-ESRGAN's `-s 3.5`) takes the nearest model scale at or above it; the
+    output is then resampled down to it.
+    """
+    if scale is None:
+        return None, None
+    text = str(scale)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--scale {text}: give {or_list(SCALES)}, or a fraction such as 3.5") from None
+    if value.is_integer():
+        if int(value) not in SCALES:  # echoed as typed: int(1e308) has 309 digits
+            raise ConfigError(f"--scale {text}: use {or_list(SCALES)}, or a fraction such as 3.5")
+        return int(value), None
+    if not 1 < value < max(SCALES):
+        raise ConfigError(f"--scale {text}: a fractional scale must lie between 1 and {max(SCALES)}")
+    return max(min(SCALES), math.ceil(value)), value
+
+
+def _names_one_model(model: str) -> bool:
+    """`model` is a weights file or one zoo entry (one scale), not a family such as `swinir4`."""
+    from .zoo import get_zoo
+
+    if Path(model).expanduser().is_file() or model.startswith("hf://"):  # a file, or a pinned Hub file
+        return True
+    try:
+        get_zoo().get(model)
+        return True
+    except ModelNotFoundError:
+        return False
+
+
+def _load(model: Optional[str], weights, scale: Optional[int], outscale: Optional[float], dev: torch.device,
+          overrides=None) -> LoadedModel:
+    """The model for (scale, outscale) as `parse_scale` gave them."""
+    if outscale is None:
+        return load_model(model, weights, scale if scale else (None if (model or weights) else 4), dev,
+                          overrides=overrides)
+    # A fractional --scale: a family gives its member at the next scale up; a file or a named
+    # entry has one scale, which must reach it.
+    fixed = weights is not None or (model is not None and _names_one_model(model))
+    lm = load_model(model, weights, None if fixed else scale, dev, overrides=overrides)
+    if lm.scale < outscale:
+        raise ConfigError(f"--scale {outscale:g}: {weights or model} upscales x{lm.scale}, less than that")
+    return lm
+
+
+T = TypeVar("T")
+
+
+def on_main(env: DistEnv, work: Callable[[], T]) -> T:
+    """Run `work` on rank 0 only and hand its result (or its SrkdError) to every rank, so all
+    ranks act on one plan even when files appear while the others are still planning."""
+    if not (env.enabled and dist.is_initialized()):
+        return work()
+    box: List[Any] = [None]
+    if env.is_main:
+        try:
+            box[0] = ("ok", work())
+        except SrkdError as e:
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def share(jobs: Sequence[T], env: DistEnv) -> List[T]:
+    """This rank's jobs: round robin, so that a folder's large and small images mix on every rank."""
+    return list(jobs[env.rank :: env.world_size])
+
+
+def upscale_files(request: UpscaleRequest, hooks: Optional[UpscaleHooks] = None) -> UpscaleOutcome:
+    """Upscale every image `request` names, as `srkd upscale` does, and write the outputs.
+
+    A file that fails is a failed result and the others go on; what stops the whole batch (a
+    bad option, no image at all, a model that does not load) raises SrkdError, on every rank
+    alike. Under torchrun every rank calls this.
+    """
+    hooks = hooks or UpscaleHooks()
+    env = request.ranks or dist_env()
+    owns_group = env.enabled and not dist.is_initialized()  # a caller's own process group stays up
+    spool: List[str] = []  # the folder holding stdin's image
+    try:
+        return _upscale_files(request, hooks, env, spool)
+    finally:
+        for folder in spool:
+            shutil.rmtree(folder, ignore_errors=True)
+        if owns_group:
+            shutdown()
+
+
+def _upscale_files(request: UpscaleRequest, hooks: UpscaleHooks, env: DistEnv, spool: List[str]) -> UpscaleOutcome:
+    """The checks that need no model, stdin, then the batch."""
+    inputs = [os.fspath(i) for i in request.inputs]
+    if not inputs:
+        raise ConfigError("no inputs: give image files, folders or patterns (or '-' for stdin)")
+    scale, outscale = parse_scale(request.scale)
+    if request.alpha not in ALPHA_MODES:
+        raise ConfigError(f"--alpha {request.alpha}: choose model or bicubic")
+    fmt = request.format
+    if fmt is not None and fmt.lower() == "auto":  # Real-ESRGAN's --ext auto: the input's own format
+        fmt = None
+    check_suffix(request.suffix)
+    kind = output_kind(request.output)
+    report = None if request.report is None else os.fspath(request.report)
+    weights = request.weights
+    # Up front, not after the batch: a report must never replace an input or an existing file.
+    check_report("--json", report, request.overwrite, inputs=[i for i in inputs if i != "-"] + ([weights] if weights else []))
+    if kind == "stdout":
+        if not fmt:
+            raise ConfigError("-o -: give --format (png, jpg, webp, tif or bmp); stdout has no name to take it from")
+        if report == "-":
+            raise ConfigError("-o - and --json - both want stdout (send --json to a file)")
+        if env.enabled:
+            raise ConfigError("-o -: not under torchrun (one image, one stdout)")
+        if sys.stdout.isatty():
+            raise ConfigError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    stdin_file = None
+    if "-" in inputs:
+        if len(inputs) > 1:
+            raise ConfigError("input -: stdin holds one image; give no other inputs with it")
+        if env.enabled:
+            raise ConfigError("input -: not under torchrun (one stdin, several ranks)")
+        if kind not in ("file", "stdout"):
+            raise ConfigError("input -: give -o FILE or -o - (an image from stdin has no name to write beside)")
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ConfigError("input -: stdin is a terminal; pipe an image in (cat a.png | srkd upscale - -o out.png)")
+        spool.append(tempfile.mkdtemp(prefix="srkd-stdin-"))
+        stdin_file = Path(spool[-1]) / "stdin"
+        with open(stdin_file, "wb") as f:  # spooled: the readers want a file they can seek in
+            shutil.copyfileobj(sys.stdin.buffer, f)
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    opts = OutputOptions(request.output, request.suffix, fmt, 95 if request.quality is None else request.quality,
+                         request.overwrite, request.png_compression, request.skip_existing, outscale)
+    return _run_batch(request, hooks, env, inputs, stdin_file, scale, opts, report)
+
+
+def _run_batch(request: UpscaleRequest, hooks: UpscaleHooks, env: DistEnv, inputs: List[str],
+               stdin_file: Optional[Path], scale: Optional[int], opts: OutputOptions, report: Optional[str]
+               ) -> UpscaleOutcome:
+    """Load the model on every rank, plan on rank 0, run this rank's share, gather on rank 0."""
+    outscale = opts.outscale
+    dev = rank_device(env, pick_device(request.device))
+    init_process_group(env, dev)
+    lm = _load(request.model, request.weights, scale, outscale, dev, request.overrides)
+    s = lm.scale
+    main_warn = hooks.warn if env.is_main else None
+    note = hooks.note if env.is_main else None
+    for msg in lm.notes if main_warn else ():  # what the file could not tell (a Compact model's activation)
+        main_warn(msg)
+    upscaler, backend = build_upscaler(lm, request.backend, request.precision, dev, request.threads,
+                                       parse_tile(request.tile), request.tile_overlap, request.tta, say=note)
+
+    def plan() -> Tuple[List[Job], List[FileResult], List[FileResult], Inputs]:
+        folder = opts.output if output_kind(opts.output) == "folder" else None
+        got = (Inputs(files=[(stdin_file, Path("stdin"))]) if stdin_file
+               else collect_inputs(inputs, request.recursive, opts.suffix, folder))
+        jobs, failed, skipped = plan_jobs(got.files, opts, outscale or s)
+        outputs = [j.output for j in jobs if j.output != STDOUT] + [Path(r.output) for r in skipped + failed if r.output]
+        check_report("--json", report, opts.overwrite, inputs=[f for f, _ in got.files],
+                     outputs=[j.output for j in jobs if j.output != STDOUT] + [Path(r.output) for r in skipped])
+        stale = remove_stale_temps(outputs)  # what a killed run (kill -9) left mid-write beside these outputs
+        if stale and note:
+            note(f"removed {len(stale)} temporary file(s) an interrupted srkd run left ({stale[0]}"
+                 + (", ...)" if len(stale) > 1 else ")"))
+        for job in jobs:
+            if job.input == stdin_file:
+                job.name = "-"
+        for r in failed:
+            r.input = "-" if stdin_file and r.input == str(stdin_file) else r.input
+        return jobs, got.failed + failed, skipped, got
+
+    jobs, failed, skipped, got = on_main(env, plan)
+    mine = share(jobs, env)
+    name = str(lm.metadata.get("zoo_name") or (lm.path.name if lm.path is not None else lm.spec.name))
+    upscaler.warn = hooks.warn or (lambda msg: None)
+    if note and got.earlier_outputs:
+        few = ", ".join(p.name for p in got.earlier_outputs[:3]) + (", ..." if len(got.earlier_outputs) > 3 else "")
+        note(f"left out {len(got.earlier_outputs)} earlier output(s) of srkd, each beside its input ({few}); "
+             "name a file to upscale it anyway")
+    if note and got.in_output_folder:
+        note(f"left out {len(got.in_output_folder)} image(s) under the output folder {opts.output} (srkd's outputs); "
+             "name a file to upscale it anyway")
+    if request.quality is not None and main_warn and jobs:
+        formats = {output_format(job, opts) for job in jobs}
+        if not formats & {"jpg", "webp"}:
+            main_warn(f"--quality {request.quality} does nothing for {'/'.join(sorted(f.upper() for f in formats))} "
+                      "output, which is lossless (--png-compression trades PNG's time for size)")
+    if hooks.started:
+        hooks.started(len(mine), outscale or s, name)
+    upscaler.progress = hooks.tiles
+    results = run_jobs(mine, upscaler, opts, request.alpha, request.max_pixels, on_done=hooks.done, rank=env.rank,
+                       on_write=hooks.writing)
+    order = {job.shown: i for i, job in enumerate(jobs)}
+    gathered = sorted((r for part in gather_objects(results, env) for r in part), key=lambda r: order[r.input])
+    outcome = UpscaleOutcome(failed + gathered if env.is_main else results, skipped, got.unmatched, s, outscale,
+                             backend, name, main=env.is_main)
+    if report and env.is_main:
+        try:
+            write_report("--json", report, json.dumps([r.to_dict() for r in skipped + outcome.results], indent=2) + "\n",
+                         opts.overwrite)
+        except OutputError as e:
+            outcome.report_error = str(e)
+    return outcome

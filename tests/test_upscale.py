@@ -542,16 +542,16 @@ class InfWhenHalf(nn.Module):
 
 
 def test_inf_in_reduced_precision_falls_back_to_fp32_never_black(tmp_path, run_cli, weights, monkeypatch):
-    from srkd_cli.cli import upscale as cli_upscale
+    from srkd_cli import upscale as api
 
-    real = cli_upscale.load_model
+    real = api.load_model
 
     def load(*a, **k):
         lm = real(*a, **k)
         lm.model = InfWhenHalf(lm.model)
         return lm
 
-    monkeypatch.setattr(cli_upscale, "load_model", load)
+    monkeypatch.setattr(api, "load_model", load)
     rgb = smooth(12, 14)
     PILImage.fromarray(rgb).save(tmp_path / "a.png")
     code, out, err = run_cli("upscale", tmp_path / "a.png", "-w", weights, "--precision", "bf16", "--device", "cpu")
@@ -561,9 +561,9 @@ def test_inf_in_reduced_precision_falls_back_to_fp32_never_black(tmp_path, run_c
 
 
 def test_inf_even_in_fp32_fails_the_file_instead_of_writing_it(tmp_path, run_cli, weights, monkeypatch):
-    from srkd_cli.cli import upscale as cli_upscale
+    from srkd_cli import upscale as api
 
-    real = cli_upscale.load_model
+    real = api.load_model
 
     class AlwaysNaN(InfWhenHalf):
         def forward(self, x):
@@ -574,7 +574,7 @@ def test_inf_even_in_fp32_fails_the_file_instead_of_writing_it(tmp_path, run_cli
         lm.model = AlwaysNaN(lm.model)
         return lm
 
-    monkeypatch.setattr(cli_upscale, "load_model", load)
+    monkeypatch.setattr(api, "load_model", load)
     PILImage.fromarray(smooth(8, 8)).save(tmp_path / "a.png")
     code, out, err = run_cli("upscale", tmp_path / "a.png", "-w", weights)
     assert "inf/NaN" in assert_one_error(code, err, "a.png")

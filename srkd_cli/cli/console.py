@@ -11,9 +11,24 @@ err_console = Console(stderr=True, emoji=False)
 
 def note(msg: str) -> None:
     """A `note:` line on stderr (file names and values escaped)."""
+    _line("note:", msg)
+
+
+def warn(msg: str) -> None:
+    """A `warning:` line on stderr."""
+    _line("[yellow]warning:[/]", msg)
+
+
+def error(msg: str) -> None:
+    """An `error:` line on stderr, for an error the command goes on after (a file of a batch)."""
+    _line("[bold red]error:[/]", msg)
+
+
+def _line(label: str, msg: str) -> None:
     from rich.markup import escape
 
-    err_console.print(f"note: {escape(printable(msg))}", highlight=False, soft_wrap=True)
+    # File names as `ls` shows them: no control character reaches the terminal.
+    err_console.print(f"{label} {escape(printable(msg))}", highlight=False, soft_wrap=True)
 
 
 def table_console() -> Console:
