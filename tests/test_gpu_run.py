@@ -4,20 +4,22 @@
 A smoke run is the GPU session in miniature on the CPU (tiny models, Set5 as training data),
 stopped by --call-minutes part-way and finished with --resume, as a device call's limit would;
 paper 2's is resumed on a "fresh machine" (an empty --work and only what a session carries),
-and one of its students is bundled into a zoo and run by `srkd upscale --model`.
+and one of its students is bundled into a zoo and run by `srkd upscale --model`; that run is made
+once (a module fixture) and read by each test that checks it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
 import math
 import shutil
 import sys
-import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -49,7 +51,9 @@ def _load(name: str, path: Path):
 
 @pytest.fixture(scope="module")
 def gpu_run():
-    return _load("gpu_run", SCRIPT)
+    mod = _load("gpu_run", SCRIPT)
+    mod._RUNS[0] = 1  # each in-process run's budget counts from its own start, not from this import
+    return mod
 
 
 @pytest.fixture(scope="module")
@@ -176,12 +180,27 @@ def test_bad_options_are_one_line(gpu_run, capsys, argv, message):
 
 
 # ---------------------------------------------------------------------------------------------- smoke
+# The smoke runs' budgets are short: a run fills its budget (each stage takes its share of what is
+# left), so the budget is the test's time. Per stage, set-up, export and scoring two small crops
+# take well under the --stage-overhead reserved.
+FAST = ["--eval-minutes", "0.01", "--stage-overhead", "0.75"]
+
+
+def _small_val(tmp_path: Path, name: str = "val") -> Path:
+    """Two Set5 crops: evaluation that takes a fraction of a second per tiny model."""
+    val = tmp_path / name / "HR"
+    val.mkdir(parents=True)
+    for f in sorted(SET5_HR.iterdir())[:2]:
+        Image.open(f).convert("RGB").crop((0, 0, 96, 96)).save(val / f"{f.stem}.png")
+    return val.parent
+
 
 
 def test_smoke_run_stops_and_resumes(gpu_run, tmp_path, capsys):
     out1, out2, work = tmp_path / "out1", tmp_path / "out2", tmp_path / "work"
+    run = ["--smoke", "--minutes", "0.2", "--val", str(_small_val(tmp_path, "Set5")), "--work", str(work)]
     # First "device call": stopped cleanly by --call-minutes part-way through the plan.
-    assert gpu_run.main(["--smoke", "--minutes", "0.4", "--call-minutes", "0.2", "--out", str(out1), "--work", str(work)]) == 0
+    assert gpu_run.main([*run, *FAST, "--probe-minutes", "0.04", "--call-minutes", "0.08", "--out", str(out1)]) == 0
     first = json.loads((out1 / "summary.json").read_text())
     assert first["format"] == gpu_run.FORMAT and not first["complete"]
     assert set(first["probe"]["archs"]) == {"edsr-t", "squeezesr", "swinir"}
@@ -192,7 +211,7 @@ def test_smoke_run_stops_and_resumes(gpu_run, tmp_path, capsys):
     capsys.readouterr()
 
     # Second call: a fresh, empty --out (the device tool empties $OUT); --resume finishes the plan.
-    assert gpu_run.main(["--smoke", "--minutes", "0.4", "--resume", "--out", str(out2), "--work", str(work)]) == 0
+    assert gpu_run.main([*run, "--resume", "--out", str(out2)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["complete"] and summary["invocations"] == 2
@@ -376,28 +395,46 @@ def test_swinir_learns_another_architectures_output_only():
     assert set(parts) == {"l1", "kd_out"} and torch.isclose(total, parts["l1"] + 0.5 * parts["kd_out"])
 
 
-def _small_val(tmp_path: Path) -> Path:
-    """Two Set5 crops: evaluation that takes a fraction of a second per tiny model."""
-    val = tmp_path / "val" / "HR"
-    val.mkdir(parents=True)
-    for f in sorted(SET5_HR.iterdir())[:2]:
-        Image.open(f).convert("RGB").crop((0, 0, 96, 96)).save(val / f"{f.stem}.png")
-    return val.parent
-
-
-def test_paper2_smoke_resumes_on_a_fresh_machine_and_bundles(gpu_run, bundle_model, tmp_path, capsys, monkeypatch, run_cli):
+@pytest.fixture(scope="module")
+def paper2_run(gpu_run, tmp_path_factory):
     """The whole paper-2 plan in miniature (x2 and x4, a 3-RSTB student and its twin) over two "sessions":
     the first stopped by its call limit inside the teacher, the second on an empty --work with only what a
-    session carries (resume.zip, summary.json); then a student bundled into a zoo and run by name."""
-    t0 = time.monotonic()
-    val = _small_val(tmp_path)
-    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    session carries (resume.zip, summary.json). The teachers also learn a tiny SqueezeSR's output
+    (--p2-teacher). One run, shared by the tests below: the budget, not the models, sets its time."""
+    from srkd_cli.archs import build_model
+    from srkd_cli.checkpoint import save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("paper2")
+    cfg = {"n_feats": 8, "squeeze": 4, "expand1x1": 4}
+    for s in (2, 4):
+        save_checkpoint(tmp / f"sq-x{s}.safetensors", build_model("squeezesr", s, **cfg), "squeezesr", cfg)
+    val = _small_val(tmp)
+    out1, out2 = tmp / "out1", tmp / "out2"
     common = ["--val", str(val)]
     # --pack-mb below any state: the pack falls to its smallest level (raw weights from the EMA on resume) and says so.
-    assert gpu_run.main(["--smoke", "--plan", "paper2", "--scales", "2,4", "--students", "3", "--minutes", "0.6",
-                         "--call-minutes", "0.2", "--probe-minutes", "0.03", "--pack-mb", "0.01", "--out", str(out1),
-                         "--work", str(tmp_path / "work1"), *common]) == 0
-    first = json.loads((out1 / "summary.json").read_text())
+    first = [*FAST, "--smoke", "--plan", "paper2", "--scales", "2,4", "--students", "3", "--minutes", "0.25",
+             "--probe-minutes", "0.02", "--call-minutes", "0.09", "--pack-mb", "0.01", "--p2-teacher", str(tmp / "sq-x{s}.safetensors"),
+             "--out", str(out1), "--work", str(tmp / "work1"), *common]
+    printed = []
+    with contextlib.redirect_stdout(io.StringIO()) as f:
+        assert gpu_run.main(first) == 0
+    printed.append(f.getvalue())
+    # The next session: a fresh machine, carrying what the device tool's `carry` brings.
+    carried = tmp / "carried"
+    carried.mkdir()
+    first_summary = json.loads((out1 / "summary.json").read_text())
+    for name in ("resume.zip", "summary.json"):
+        shutil.copy(out1 / name, carried / name)
+    with contextlib.redirect_stdout(io.StringIO()) as f:
+        assert gpu_run.main(["--resume", str(carried), "--out", str(out2), "--work", str(tmp / "work2"), *common]) == 0
+    printed.append(f.getvalue())
+    return SimpleNamespace(tmp=tmp, val=val, out1=out1, out2=out2, first=first_summary, printed=printed,
+                           summary=json.loads((out2 / "summary.json").read_text()))
+
+
+def test_paper2_smoke_resumes_on_a_fresh_machine_and_bundles(paper2_run, bundle_model, tmp_path, capsys, monkeypatch, run_cli):
+    """paper2_run's two sessions; then a student bundled into a zoo and run by name."""
+    out1, out2, val, first = paper2_run.out1, paper2_run.out2, paper2_run.val, paper2_run.first
     assert not first["complete"] and first["plan"] == "paper2" and set(first["probe"]["archs"]) == {"swinir"}
     teacher1 = first["stages"][0]
     assert teacher1["name"] == "swinir4-srkd-x2" and teacher1["status"] == "paused" and teacher1["steps"] > 0
@@ -408,14 +445,8 @@ def test_paper2_smoke_resumes_on_a_fresh_machine_and_bundles(gpu_run, bundle_mod
     assert state["step"] == teacher1["steps"] and state["compacted"]["left_out"] == ["exp_avg", "model"]
     assert sorted(p.name for p in out1.iterdir()) == ["gpu_run.log", "models-1.zip", "resume.zip", "summary.json"]
 
-    # The next session: a fresh machine, carrying what the device tool's `carry` brings.
-    carried = tmp_path / "carried"
-    carried.mkdir()
-    for f in ("resume.zip", "summary.json"):
-        shutil.copy(out1 / f, carried / f)
-    assert gpu_run.main(["--resume", str(carried), "--out", str(out2), "--work", str(tmp_path / "work2"), *common]) == 0
-    printed = capsys.readouterr().out
-    summary = json.loads((out2 / "summary.json").read_text())
+    printed = paper2_run.printed[1]
+    summary = paper2_run.summary
     assert summary["complete"] and summary["invocations"] == 2 and summary["settings"]["scales"] == [2, 4]
     assert "training states of swinir4-srkd-x2 restored" in printed and "resuming at its state.pt" in printed
     stages = {s["name"]: s for s in summary["stages"]}
@@ -455,23 +486,14 @@ def test_paper2_smoke_resumes_on_a_fresh_machine_and_bundles(gpu_run, bundle_mod
                            "--device", "cpu", "--quiet")
     assert code == 0, err
     assert Image.open(tmp_path / "up.png").size == (80, 64)
-    print(f"paper-2 smoke test: {time.monotonic() - t0:.1f} s")  # measured: docs/training.md
 
 
-def test_paper2_teacher_learns_a_given_models_output(gpu_run, tmp_path):
+def test_paper2_teacher_learns_a_given_models_output(paper2_run, tmp_path):
     """--p2-teacher: the SwinIR teacher's L1 plus L1 to another model's cached output (here a tiny SqueezeSR)."""
-    from srkd_cli.archs import build_model
-    from srkd_cli.checkpoint import save_checkpoint
-
-    cfg = {"n_feats": 8, "squeeze": 4, "expand1x1": 4}
-    save_checkpoint(tmp_path / "sq-x2.safetensors", build_model("squeezesr", 2, **cfg), "squeezesr", cfg)
-    out = tmp_path / "out"
-    assert gpu_run.main(["--smoke", "--plan", "paper2", "--scales", "2", "--students", "none", "--minutes", "0.25",
-                         "--probe-minutes", "0.03",
-                         "--p2-teacher", str(tmp_path / "sq-x{s}.safetensors"), "--val", str(_small_val(tmp_path)),
-                         "--out", str(out), "--work", str(tmp_path / "work")]) == 0
-    st = json.loads((out / "summary.json").read_text())["stages"][0]
-    assert st["name"] == "swinir4-srkd-x2" and st["status"] in ("done", "stopped")
-    prov = json.loads(load_checkpoint(weights_of(st, tmp_path / "got", out)).metadata["provenance"])
-    assert (prov["recipe"], prov["out_weight"], prov["teacher_cache"]) == ("output-kd", 0.5, "ram")
-    assert prov["teacher"].endswith("sq-x2.safetensors")
+    stages = {s["name"]: s for s in paper2_run.summary["stages"]}
+    for s in (2, 4):
+        st = stages[f"swinir4-srkd-x{s}"]
+        assert st["status"] in ("done", "stopped")
+        prov = json.loads(load_checkpoint(weights_of(st, tmp_path / "got", paper2_run.out1, paper2_run.out2)).metadata["provenance"])
+        assert (prov["recipe"], prov["out_weight"], prov["teacher_cache"]) == ("output-kd", 0.5, "ram")
+        assert prov["teacher"].endswith(f"sq-x{s}.safetensors")

@@ -260,6 +260,57 @@ def compile_seconds(first_interval_s: float, first_interval_steps: int, compiled
     return max(0.0, first_interval_s - first_interval_steps / compiled_rate)
 
 
+def _probed(p: Mapping, compiled: bool) -> Optional[float]:
+    """A probe record's eager or compiled steps/s."""
+    return (p.get("compiled") or {}).get("steps_per_s") if compiled else p.get("steps_per_s")
+
+
+def _swinir_estimates(probe: Mapping, spec: StageSpec) -> Dict[str, Optional[float]]:
+    p = probe.get("swinir", {})
+    ref_blocks = int(p.get("blocks", P2_TEACHER_BLOCKS))
+    teacher = _probed(p, False)  # the teacher runs eager, on the student's batch (the same SwinIR batch)
+    est: Dict[str, Optional[float]] = {}
+    for compiled in (False, True):
+        r = _probed(p, compiled)
+        s = swinir_rate(r, ref_blocks, spec.blocks or P2_TEACHER_BLOCKS) if r else None
+        if s and spec.kd:
+            s = kd_rate(s, teacher) if teacher else None
+        est["compiled" if compiled else "eager"] = s
+    est["compile_s"] = (p.get("compiled") or {}).get("compile_s")
+    return est
+
+
+def _convnet_estimates(probe: Mapping, spec: StageSpec) -> Dict[str, Optional[float]]:
+    p_edsr, p_sq = probe.get("edsr-t", {}), probe.get("squeezesr", {})
+    est: Dict[str, Optional[float]] = {}
+    for compiled in (False, True):
+        if spec.kd:
+            teacher = _probed(p_edsr, False)  # the teacher runs eager: only the student is compiled
+            if teacher and p_edsr.get("batch") and p_sq.get("batch"):
+                # the teacher's forward runs on the student's batch: cost scales with the LR pixels
+                teacher *= p_edsr["batch"] * p_edsr["patch"] ** 2 / (p_sq["batch"] * p_sq["patch"] ** 2)
+            s = _probed(p_sq, compiled)
+            est["compiled" if compiled else "eager"] = kd_rate(s, teacher) if s and teacher else None
+        else:
+            est["compiled" if compiled else "eager"] = _probed(p_edsr, compiled)
+    est["compile_s"] = ((p_sq if spec.kd else p_edsr).get("compiled") or {}).get("compile_s")
+    return est
+
+
+def stage_rates(summary: Mapping, spec: StageSpec, device_name: str) -> Dict[str, Optional[float]]:
+    """A stage's eager and compiled steps/s estimates (and compile_s) from a gpu_run summary: the last finished
+    stage of the same kind on this device, else the probe's numbers."""
+    probe = summary.get("probe", {}).get("archs", {})
+    est = _swinir_estimates(probe, spec) if spec.arch == "swinir" else _convnet_estimates(probe, spec)
+    measured = [st for st in summary["stages"]  # later measurements beat the probe, this scale's the others
+                if st.get("kd") == spec.kd and st.get("arch") == spec.arch and st.get("blocks") == spec.blocks
+                and st.get("status") in ("done", "stopped") and st.get("steps_per_s")
+                and st.get("device", device_name) == device_name]
+    for st in sorted(measured, key=lambda st: st.get("scale") == spec.scale):
+        est["compiled" if st.get("compile") else "eager"] = st["steps_per_s"]
+    return est
+
+
 def _fmt(v: Optional[float], digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 

@@ -16,12 +16,15 @@ carry in only what fits in 64 MiB beside the code and the training data. So a ru
 - `models-{invocation}.zip` (more parts `models-{invocation}-2.zip`, ... when one would pass
   `MAX_PART`): the float32 weights of the stages finished by that invocation, so copying every
   session's files into one folder loses nothing.
+
+Also the file helpers the harness shares: atomic JSON writes and copies, reading a trainer's log.jsonl.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -219,3 +222,36 @@ def find_weights(folder: Path, name: str, returned_in: Optional[str] = None) -> 
         if cand.is_file():
             return cand, None
     return None
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def read_log(path: Path) -> List[Dict[str, Any]]:
+    """A trainer's log.jsonl as records."""
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass  # a torn last line
+    return out
+
+
+def thin(records: List[Dict[str, Any]], keep: int = 60) -> List[Dict[str, Any]]:
+    """At most `keep` training records (evenly spaced, the last kept) plus every validation."""
+    train = [r for r in records if r.get("event") == "train"]
+    step = max(1, -(-len(train) // keep))
+    kept = train[::step]
+    if train and kept[-1] is not train[-1]:
+        kept.append(train[-1])
+    return sorted(kept + [r for r in records if r.get("event") != "train"], key=lambda r: r.get("step", 0))
