@@ -30,7 +30,7 @@ from .backends import build_upscaler
 from .checkpoint import LoadedModel
 from .config import SCALES, or_list
 from .distributed import DistEnv, dist_env, gather_objects, init_process_group, rank_device, shutdown
-from .errors import ConfigError, ModelNotFoundError, OutputError, SrkdError
+from .errors import ConfigError, OutputError, SrkdError
 from .imaging.imresize import imresize
 from .imaging.io import DEFAULT_MAX_PIXELS, PNG_COMPRESSION, Image, encode_image, probe_image, read_image, write_image
 from .inference import Upscaler, pick_device
@@ -278,16 +278,10 @@ def parse_scale(scale: Union[int, float, str, None]) -> Tuple[Optional[int], Opt
 
 
 def _names_one_model(model: str) -> bool:
-    """`model` is a weights file or one zoo entry (one scale), not a family such as `swinir4`."""
+    """`model` is a weights file, a Hub file or one zoo entry (one scale), not a family such as `swinir4`."""
     from .zoo import get_zoo
 
-    if Path(model).expanduser().is_file() or model.startswith("hf://"):  # a file, or a pinned Hub file
-        return True
-    try:
-        get_zoo().get(model)
-        return True
-    except ModelNotFoundError:
-        return False
+    return get_zoo().identify(model, strict=False) is not None
 
 
 def _load(model: Optional[str], weights, scale: Optional[int], outscale: Optional[float], dev: torch.device,

@@ -71,3 +71,31 @@ def assert_upscale_reproduces_fixture(run_cli, tmp_path: Path, stem: str, weight
     got = np.asarray(Image.open(out).convert("RGB"), dtype=int)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1
+
+
+# Run argv[2:] under an optional address-space limit (argv[1], bytes; 0: none) and print its peak RSS
+# last on stdout. A fresh small parent: a child forked from the test process (an xdist worker that
+# has grown to 1 GB) starts its ru_maxrss at that process's size, whatever it uses itself.
+_PEAK_PROBE = """
+import os, resource, subprocess, sys
+cap = int(sys.argv[1])
+def limit():
+    if cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+r = subprocess.run(sys.argv[2:], capture_output=True, text=True, preexec_fn=limit)
+sys.stderr.write(r.stderr)
+sys.stdout.write(r.stdout + "\\n" + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(r.returncode)
+"""
+
+
+def run_with_peak_rss(cmd, env, address_space: int = 0, timeout: float = 300):
+    """Run `cmd` (Linux): (CompletedProcess with its own stdout and stderr, its peak RSS in KiB)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(address_space), *map(str, cmd)], env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    out, _, peak = r.stdout.rpartition("\n")
+    r.stdout = out
+    return r, int(peak)

@@ -22,6 +22,7 @@ from srkd_cli.archs import ARCHS, build_model, get_arch
 from srkd_cli.archs.options import OptionError
 from srkd_cli.checkpoint import save_checkpoint
 from srkd_cli.config import a_or_an
+from conftest import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 SET5 = REPO / "tests" / "data" / "Set5"
@@ -118,16 +119,12 @@ def test_small_file_claiming_a_huge_model_is_refused_before_it_is_built(tmp_path
     liar = tmp_path / "liar.safetensors"
     save_file(load_file(str(small)), str(liar), metadata=meta)
     assert liar.stat().st_size < 200_000
-    # A fresh parent, so that its children's peak memory is this srkd's alone.
-    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-             "sys.stderr.write(r.stderr); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-    r = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "srkd_cli", "upscale",
-                        SET5 / "LR_bicubic" / "X2" / "babyx2.png", "-o", tmp_path / "o.png", "--weights", liar,
-                        "--device", "cpu"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)))
+    r, peak = run_with_peak_rss([sys.executable, "-m", "srkd_cli", "upscale", SET5 / "LR_bicubic" / "X2" / "babyx2.png",
+                                 "-o", tmp_path / "o.png", "--weights", liar, "--device", "cpu"],
+                                dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)))
     err = one_line_error(r)
     assert f"{liar}: does not fit edsr-t x2: head.weight has shape [8, 3, 3, 3], the model needs [2000, 3, 3, 3]" in err
-    assert int(r.stdout) < 900_000, f"peak RSS {int(r.stdout) // 1024} MB"  # KB; a built model alone is ~1.7 GB
+    assert peak < 900_000, f"peak RSS {peak // 1024} MB"  # KB; a built model alone is ~1.7 GB
     assert not (tmp_path / "o.png").exists()
 
 

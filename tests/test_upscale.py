@@ -35,6 +35,7 @@ from srkd_cli.errors import InputError
 from srkd_cli.imaging.imresize import imresize
 from srkd_cli.imaging.io import read_image
 from srkd_cli.inference import Upscaler, blend_weights, tile_spans
+from conftest import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(5)
@@ -943,23 +944,14 @@ def test_memory_is_checked_from_the_header_before_decoding(tmp_path):
     """13000 x 13000 at x4: the output alone needs 32 GB. Refused from the header, the run peaks
     at the interpreter's own ~0.35 GB (6.1 GB when the check came after decoding). The address
     space is limited to 8 GB so that a machine with 64 GB free refuses it too."""
-    import resource
-
     _palette_png(tmp_path / "huge.png", 13000, 13000)
     assert (tmp_path / "huge.png").stat().st_size < 100_000
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-
-    proc = subprocess.Popen(_srkd_cmd(tmp_path / "huge.png", "--scale", "4", "-o", tmp_path / "big.png"),
-                            env=_srkd_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=limit)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not that of earlier children
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read()
-    proc.stdout.close(), proc.stderr.close()
+    proc, peak = run_with_peak_rss(_srkd_cmd(tmp_path / "huge.png", "--scale", "4", "-o", tmp_path / "big.png"),
+                                   _srkd_env(tmp_path), address_space=8 << 30)
+    err = proc.stderr
     assert proc.returncode == 1 and "52000x52000" in err and "refused before decoding" in err, err
-    assert usage.ru_maxrss < 1_000_000, usage.ru_maxrss  # KiB: decoding alone would take 2.5 GB
+    assert peak < 1_000_000, peak  # KiB: decoding alone would take 2.5 GB
     assert not (tmp_path / "big.png").exists()
 
 
