@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srkd_cli.loader import load_model  # noqa: E402
 from srkd_cli.training.upcycle import upcycle_folder  # noqa: E402
-from srkd_cli.zoo.cache import sha256_file  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     k, n = (int(v) for v in a.part.split("/"))
     lm = load_model(a.teacher, offline=True)
-    prov = {"teacher": a.teacher, "teacher_sha256": sha256_file(lm.path), "command": " ".join(sys.argv)}
+    prov = {"teacher": a.teacher, "teacher_sha256": lm.sha256, "command": " ".join(sys.argv)}
     made = upcycle_folder(lm.model, lm.scale, a.data, a.out, a.rim, (k, n), prov, log=lambda s: print(s, flush=True))
     print(f"{made} images written to {a.out}")
 

@@ -31,8 +31,7 @@ LABEL_H = 22
 def upscale_fn(name: str, scale: int):
     if name == "bicubic":
         return bicubic_upscaler(scale)
-    path = Path(name)
-    lm = load_model(None, path, scale) if path.is_file() else load_model(name, None, scale)
+    lm = load_model(name, None, scale)  # a weights file or a zoo name: load_model tells which
     return Upscaler(lm.model, lm.spec, lm.config, "cpu", tile=None)
 
 
