@@ -293,6 +293,25 @@ def test_tiny_run_lowers_the_loss_and_exports(images, val_dir, tmp_path):
         train(_cfg(images, run))
 
 
+def test_mse_loss_trains_on_the_squared_error_and_does_not_resume_an_l1_run(images, tmp_path, capsys):
+    """--loss mse (an L2 fine-tune): the logged loss is the MSE of the step; an L1 state is not continued as MSE."""
+    res = train(_cfg(images, tmp_path / "m", steps=3, loss="mse", lr=1e-12, warmup=0, ema=0.0))
+    logged = _log(tmp_path / "m")
+    assert [set(r) & {"l1", "mse"} for r in logged] == [{"mse"}] * 3
+    assert json.loads(load_checkpoint(res.final).metadata["provenance"])["recipe"] == "mse"
+    l1 = train(_cfg(images, tmp_path / "l", steps=3, lr=1e-12, warmup=0, ema=0.0))
+    # lr ~0: the same weights and the same patch stream, so the two losses of a step are L1 and MSE of one error
+    mse, mae = logged[0]["loss"], _log(tmp_path / "l")[0]["loss"]
+    assert 0 < mse < mae < 1 and mse >= mae ** 2 - 1e-9
+    assert l1.completed
+    train(_cfg(images, tmp_path / "s", steps=4, ckpt_every=1, stop_after=1))
+    with pytest.raises(ConfigError, match="recipe l1, not mse"):
+        train(_cfg(images, tmp_path / "s", steps=4, ckpt_every=1, resume=True, loss="mse"))
+    err = _one_line_error(capsys, ["train", "--arch", "squeezesr", "--scale", "2", "--data", str(images), "--out",
+                                   str(tmp_path / "o"), "--loss", "huber"])
+    assert "--loss huber: use one of l1, mse" in err
+
+
 def test_resume_reproduces_an_uninterrupted_run(images, tmp_path):
     straight = train(_cfg(images, tmp_path / "a", steps=8, ckpt_every=3))
     first = train(_cfg(images, tmp_path / "b", steps=8, ckpt_every=3, stop_after=4))

@@ -20,6 +20,7 @@ from ..archs import ARCHS, SRModel
 from ..config import check_scale, parse_settings
 from ..errors import ConfigError, SrkdError
 from ..runtime.cpu import cpu_bf16_units
+from .losses import DISTANCES
 from .recipes import pairings_help
 from .teacher_cache import DTYPES as CACHE_DTYPES
 
@@ -137,6 +138,8 @@ class TrainConfig:
                                   "name and shape are copied."), default=None)
     reparam: int = cli(Opt("--reparam", "Train every conv over-parameterised (expansion width N, e.g. 64; collapsed every "
                            "step and at export to the plain architecture; squeezesr) (0: off)."), default=0)
+    loss: str = cli(Opt("--loss", "Pixel loss to the HR patch: l1, or mse (e.g. an L2 fine-tune of L1-trained weights "
+                        "with --init).", TRAIN), default="l1")
     # distillation
     teacher: Optional[str] = cli(Opt("--teacher", "Teacher: zoo name (imdn, imdn-x2, swinir4, ...) or weights file.",
                                      DISTILL, kind=str, default=...), default=None)
@@ -272,6 +275,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--patch {cfg.patch}: must be at least 4 (LR pixels)")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"--lr {cfg.lr}: must be positive")
+    if cfg.loss not in DISTANCES:
+        raise ConfigError(f"--loss {cfg.loss}: use one of {', '.join(DISTANCES)}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule {cfg.schedule}: use one of {', '.join(SCHEDULES)}")
     if not 0.0 <= cfg.ema < 1.0:

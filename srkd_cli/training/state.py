@@ -73,8 +73,9 @@ class RunState:
         if int(st.get("reparam", 0)) != self.cfg.reparam:
             raise ConfigError(f"--resume: {path} was trained with --reparam {st.get('reparam', 0)}, "
                               f"this command asks for --reparam {self.cfg.reparam}")
-        if st.get("recipe", {}).get("recipe") != self.recipe.name:
-            raise ConfigError(f"--resume: {path} was trained with recipe {st.get('recipe')}, not {self.recipe.name}")
+        was = st.get("recipe", {}).get("recipe")
+        if was != self.recipe.name:
+            raise ConfigError(f"--resume: {path} was trained with recipe {was}, not {self.recipe.name}")
         was_only = bool(st.get("recipe", {}).get("teacher_only"))
         if was_only != bool(self.cfg.teacher_only):
             raise ConfigError(f"--resume: {path} was trained {'with' if was_only else 'without'} --teacher-only; "

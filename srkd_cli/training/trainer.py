@@ -156,7 +156,7 @@ class Trainer(RunState):
                 self.warnings.append(f"--alpha {cfg.alpha:g}: recipe {self.recipe.name} does not use it "
                                      "(only paper 2's, a swinir student of a swinir teacher)")
         else:
-            self.recipe = Recipe()
+            self.recipe = Recipe(cfg.loss)
         self.init_sha256: Optional[str] = None  # a zoo name alone does not say which file it was
         if cfg.init:
             from ..loader import load_model
