@@ -78,3 +78,19 @@ def test_a_missing_teacher_file_is_one_line_naming_the_option(tmp_path):
     with pytest.raises(ModelNotFoundError) as err:
         _distill(tmp_path, "nope/t.safetensors")
     assert str(err.value) == "--teacher nope/t.safetensors: no such file (and no model of that name in the zoo)"
+
+
+def test_the_bundled_edsr_t_teaches_offline(tmp_path, monkeypatch, run_cli):
+    """Issue 30: `srkd distill --teacher edsr-t-x2` needs no network: the bundled file, checked against
+    weights.toml, teaches paper 1's recipe (S1..S3 <-> T1..T3), and the run records which file it was."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SRKD_CACHE", str(tmp_path / "empty-cache"))
+    entry = zoo_mod.get_zoo().get("edsr-t-x2")
+    code, _, err = run_cli("distill", "--teacher", "edsr-t-x2", "--student", "squeezesr", "--scale", "2",
+                           "--data", SET5_HR, "--out", tmp_path / "run", "--steps", "1", "--batch", "2", "--patch", "8",
+                           "--device", "cpu", "--threads", "1", "-q", "--ckpt-every", "0", "--val-every", "0")
+    assert code == 0, err
+    prov = json.loads(load_checkpoint(tmp_path / "run" / "final.safetensors").metadata["provenance"])
+    assert prov["teacher"] == "edsr-t-x2" and prov["teacher_sha256"] == entry.sources[0].sha256
+    assert prov["recipe"] == "paper1-feature-kd" and prov["pairs"] == [["S1", "T1"], ["S2", "T2"], ["S3", "T3"]]
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").rglob("*.safetensors"))
