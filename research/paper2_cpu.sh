@@ -14,14 +14,15 @@
 #                patch stream, L1 only
 # Batch 16, 48x48 LR patches (6x6 whole windows of 8), lr 2e-4 cosine, seed 1, bf16 (--precision
 # auto), validated on 10 training images held out (--val-split), Set5 only as a monitor. The teacher
-# is $TEACHER (default $RUNS/p2-teacher/best.safetensors). Runs (or resumes) $RUNS/p2-{ARM}; rerun the
-# same line to continue (STEPS=N overrides the steps: a smoke run). One run at a time: it takes both cores.
+# is $TEACHER (default $RUNS/swinir-x2-teacher/best.safetensors). Runs (or resumes)
+# $RUNS/swinir-x2-{ARM}; rerun the same line to continue (STEPS=N overrides the steps: a smoke run).
+# One run at a time: it takes both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARMS=${1:?arm}; LIMIT=${2:-}
 SRKD=${SRKD:-.venv/bin/srkd}
 RUNS=${RUNS:-runs}
-TEACHER=${TEACHER:-$RUNS/p2-teacher/best.safetensors}
+TEACHER=${TEACHER:-$RUNS/swinir-x2-teacher/best.safetensors}
 run_arm() {  # ARM [--time-limit S]
   local ARM=$1 CMD N=${STEPS:-4000} K; shift
   case $ARM in
@@ -39,7 +40,7 @@ run_arm() {  # ARM [--time-limit S]
     echo "$TEACHER: no teacher weights (research/paper2_cpu.sh teacher, or TEACHER=FILE)" >&2; return 2
   fi
   $SRKD "${CMD[@]}" --scale 2 --data ../shared/data/train/t91 --data ../shared/data/train/bsd200 \
-    --val-split 10 --val ../shared/data/benchmark/Set5 --out "$RUNS/p2-$ARM" --steps "$N" --batch 16 --patch 48 \
+    --val-split 10 --val ../shared/data/benchmark/Set5 --out "$RUNS/swinir-x2-$ARM" --steps "$N" --batch 16 --patch 48 \
     --lr 2e-4 --seed 1 --threads 2 --val-every 500 --ckpt-every 100 --log-every 20 --resume "$@"
 }
 
