@@ -1,6 +1,6 @@
 """The training losses of SPEC §2. Every function returns a scalar tensor (mean over elements).
 
-- `pixel_loss`: L1 between an output and its target, the loss of `srkd train`.
+- `pixel_loss`: L1 (or MSE, `srkd train --loss mse`) between an output and its target, the loss of `srkd train`.
 - `feature_kd_loss` (paper 1): `beta * sum_i d(S_i, T_i)` over the paired feature maps, with
   d = mean absolute (l1) or mean squared (mse) difference. The paper names neither the distance
   nor the weight; both are options.
@@ -17,10 +17,6 @@ import torch.nn.functional as F
 DISTANCES = ("l1", "mse")
 
 
-def pixel_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(output.float(), target.float())
-
-
 def feature_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
     a, b = a.float(), b.float()
     if distance == "l1":
@@ -28,6 +24,10 @@ def feature_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.T
     if distance == "mse":
         return F.mse_loss(a, b)
     raise ValueError(f"unknown feature distance {distance!r}: use one of {DISTANCES}")
+
+
+def pixel_loss(output: torch.Tensor, target: torch.Tensor, distance: str = "l1") -> torch.Tensor:
+    return feature_distance(output, target, distance)
 
 
 def feature_kd_loss(
