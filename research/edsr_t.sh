@@ -19,6 +19,6 @@ case $S in
 esac
 T=()
 [ -n "$LIMIT" ] && T=(--time-limit "$LIMIT")
-$SRKD train --arch edsr-t --scale "$S" --data ../shared/data/train/t91 --data ../shared/data/train/bsd200 \
-  --val-split 10 --val ../shared/data/benchmark/Set5 --out "$RUNS/edsr-t-x$S" --steps "$STEPS" --batch 16 --patch 48 \
+source research/lib/runs.sh
+$SRKD train --arch edsr-t --scale "$S" "${HELD_OUT[@]}" --out "$RUNS/edsr-t-x$S" --steps "$STEPS" --batch 16 --patch 48 \
   --lr 2e-4 --seed 1 --threads 2 --val-every 2500 --ckpt-every 500 --log-every 50 --resume "${INIT[@]}" "${T[@]}"

@@ -39,10 +39,10 @@ run_arm() {  # ARM [--time-limit S]
             OPT+=(--init "$base") ;;
     *) echo "arm: base long b32p64 rep128 deep l2ft kd-bsrn x2body" >&2; return 2 ;;
   esac
-  $SRKD "${CMD[@]}" --scale "$S" --data ../shared/data/train/t91 --data ../shared/data/train/bsd200 \
-    --val-split 10 --val ../shared/data/benchmark/Set5 --out "$RUNS/fast-x$S-$ARM" --steps "$N" --batch "$B" --patch "$P" \
+  $SRKD "${CMD[@]}" --scale "$S" "${HELD_OUT[@]}" \
+    --out "$RUNS/fast-x$S-$ARM" --steps "$N" --batch "$B" --patch "$P" \
     --seed 1 --threads 2 --val-every 2000 --ckpt-every 1000 --log-every 200 --resume "${OPT[@]}" "$@"
 }
 
-source research/lib/arms.sh
+source research/lib/runs.sh
 run_arms "$ARMS" "$LIMIT"

@@ -35,10 +35,10 @@ run_arm() {  # ARM [--time-limit S]
     both)     CMD=(distill --student squeezesr --teacher "$TEACHER" --feat-weight 0.1 --out-weight 0.5) ;;
     bsrn-out) CMD=(distill --student squeezesr --teacher "bsrn-x$S" --feat-weight 0 --out-weight 0.5) ;;
   esac
-  $SRKD "${CMD[@]}" --scale "$S" --data ../shared/data/train/t91 --data ../shared/data/train/bsd200 \
-    --val-split 10 --val ../shared/data/benchmark/Set5 --out "$RUNS/p1-x$S-$ARM" --steps "$N" --batch 16 --patch 48 \
+  $SRKD "${CMD[@]}" --scale "$S" "${HELD_OUT[@]}" \
+    --out "$RUNS/p1-x$S-$ARM" --steps "$N" --batch 16 --patch 48 \
     --seed 1 --threads 2 --val-every 2000 --ckpt-every 500 --log-every 100 --resume "${START[@]}" "$@"
 }
 
-source research/lib/arms.sh
+source research/lib/runs.sh
 run_arms "$ARMS" "$LIMIT"

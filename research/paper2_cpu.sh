@@ -39,10 +39,10 @@ run_arm() {  # ARM [--time-limit S]
   if [[ $ARM == s* && ! -f $TEACHER ]]; then
     echo "$TEACHER: no teacher weights (research/paper2_cpu.sh teacher, or TEACHER=FILE)" >&2; return 2
   fi
-  $SRKD "${CMD[@]}" --scale 2 --data ../shared/data/train/t91 --data ../shared/data/train/bsd200 \
-    --val-split 10 --val ../shared/data/benchmark/Set5 --out "$RUNS/swinir-x2-$ARM" --steps "$N" --batch 16 --patch 48 \
+  $SRKD "${CMD[@]}" --scale 2 "${HELD_OUT[@]}" \
+    --out "$RUNS/swinir-x2-$ARM" --steps "$N" --batch 16 --patch 48 \
     --lr 2e-4 --seed 1 --threads 2 --val-every 500 --ckpt-every 100 --log-every 20 --resume "$@"
 }
 
-source research/lib/arms.sh
+source research/lib/runs.sh
 run_arms "$ARMS" "$LIMIT"
